@@ -121,8 +121,10 @@ def bench_startup(args) -> list[dict]:
             imports.append(wall(base))
             runs.append(wall(run))
     i, r = statistics.median(imports), statistics.median(runs)
-    print(f"start-up: import lightning {i:.2f} s, fast_dev_run {r:.2f} s, ratio {r / i:.2f}  (medians of {args.repeats})")
-    return [{"startup": True, "import_lightning_s": round(i, 3), "fast_dev_run_s": round(r, 3), "ratio": round(r / i, 3),
+    print(f"start-up: import lightning {i:.2f} s, fast_dev_run {r:.2f} s, ratio {r / i:.2f}  "
+          f"(medians of {args.repeats})")
+    return [{"startup": True, "import_lightning_s": round(i, 3), "fast_dev_run_s": round(r, 3),
+             "ratio": round(r / i, 3),
              "cpu": cpu_name()}]
 
 

@@ -28,7 +28,8 @@ def test_every_experiment_composes(make_cfg, experiment):
 def test_keras_seed_is_the_tutorial(make_cfg):
     cfg = make_cfg(["experiment=keras_seed", "output_dir=x"])
     assert (cfg.model.name, cfg.model.init) == ("mlp", "keras")
-    assert (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.rho, cfg.optimizer.eps) == ("keras_rmsprop", 1e-3, 0.9, 1e-7)
+    optimizer = (cfg.optimizer.name, cfg.optimizer.lr, cfg.optimizer.rho, cfg.optimizer.eps)
+    assert optimizer == ("keras_rmsprop", 1e-3, 0.9, 1e-7)
     assert (cfg.data.val_size, cfg.data.batch_size, cfg.data.normalize, cfg.trainer.max_epochs) == (0, 128, False, 5)
 
 

@@ -102,7 +102,8 @@ def test_wrong_magic(broken):
     root, raw = broken
     path = raw / "t10k-labels-idx1-ubyte"
     path.write_bytes(b"\x00\x00\x08\x03" + path.read_bytes()[4:])
-    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not an MNIST IDX file: magic number 2051, expected 2049"):
+    with pytest.raises(DataError, match="t10k-labels-idx1-ubyte is not an MNIST IDX file: magic number 2051, "
+                                        "expected 2049"):
         check_raw_files(root, checksums=False)
 
 

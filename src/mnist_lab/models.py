@@ -84,7 +84,7 @@ def summary(net: nn.Module) -> str:
     rule = "-" * sum(width)
 
     def line(*cols):
-        return "".join(str(c).ljust(w) for c, w in zip(cols, width)).rstrip()
+        return "".join(str(c).ljust(w) for c, w in zip(cols, width, strict=False)).rstrip()
 
     out = [f'Model: "{type(net).__name__.lower()}"', rule, line("Layer (type)", "Output Shape", "Param #"),
            "=" * sum(width)]
