@@ -70,11 +70,54 @@ class Config:
     seed: int = 0  # seeds the weights, the train/val split and the shuffling
     threads: int | None = None  # torch CPU threads; None: half the available cores, at least 1
     output_dir: str = "${hydra:runtime.output_dir}"  # the run folder
+    resume: str | None = None  # a run folder: continue that run from its checkpoints/last.ckpt
 
 
 def default_threads() -> int:
     # All cores: one competing process slowed steps 3.6x on 2 cores. Half leaves room for it.
     return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+MODEL_NAMES = ("mlp", "convnet")
+OPTIMIZER_NAMES = ("rmsprop", "keras_rmsprop", "adam", "sgd")
+
+
+def validate(cfg: Any) -> None:
+    """Raise ConfigError naming the first key whose value cannot work. Reads no data, writes nothing."""
+    from mnist_lab.errors import ConfigError
+
+    def bad(key: str, value: Any, want: str) -> None:
+        raise ConfigError(f"{key}={value} is invalid: {want}")
+
+    if cfg.model.name not in MODEL_NAMES:
+        bad("model.name", cfg.model.name, f"choose one of {', '.join(MODEL_NAMES)} (or model=<name>)")
+    if cfg.model.init not in ("torch", "keras"):
+        bad("model.init", cfg.model.init, "choose torch or keras")
+    if cfg.optimizer.name not in OPTIMIZER_NAMES:
+        bad("optimizer.name", cfg.optimizer.name, f"choose one of {', '.join(OPTIMIZER_NAMES)}")
+    if not cfg.optimizer.lr > 0:
+        bad("optimizer.lr", cfg.optimizer.lr, "the learning rate must be > 0 (the default is 1e-3)")
+    if cfg.data.batch_size < 1:
+        bad("data.batch_size", cfg.data.batch_size, "use a batch size >= 1 (the default is 128)")
+    n_train = train_size(cfg.data.data_dir)
+    if not 0 <= cfg.data.val_size < n_train:
+        bad("data.val_size", cfg.data.val_size,
+            f"it must be >= 0 and smaller than the {n_train:,} training images (0: no validation)")
+    if cfg.trainer.max_epochs < 1:
+        bad("trainer.max_epochs", cfg.trainer.max_epochs, "train for at least 1 epoch")
+    if cfg.threads is not None and cfg.threads < 1:
+        bad("threads", cfg.threads, "use >= 1 CPU threads, or null for the default")
+
+
+def train_size(data_dir: str) -> int:
+    """The number of training images, from the label file's header when present (MNIST: 60,000)."""
+    path = os.path.join(os.path.expanduser(data_dir), "MNIST", "raw", "train-labels-idx1-ubyte")
+    try:
+        with open(path, "rb") as f:
+            header = f.read(8)
+        return int.from_bytes(header[4:8], "big") if len(header) == 8 else 60_000
+    except OSError:
+        return 60_000
 
 
 def register() -> None:

@@ -14,6 +14,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from mnist_lab.errors import ConfigError, DataError
+
 MEAN, STD = 0.1307, 0.3081  # of the 60,000 training images, scaled to [0, 1]
 
 # name -> (IDX magic number, shape, SHA-256 of the official file)
@@ -27,10 +29,6 @@ RAW_FILES = {
     "t10k-labels-idx1-ubyte": (2049, (10000,),
                                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
 }
-
-
-class DataError(RuntimeError):
-    """Missing or damaged MNIST files; the message names the file and the fix."""
 
 
 def raw_folder(data_dir: str | os.PathLike) -> Path:
@@ -116,6 +114,17 @@ class TensorBatches:
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
         self.rank, self.world_size = rank, world_size
+        self.batches_done: Callable[[], int] = lambda: 0  # set by the data module for training
+        self._resume_at = 0
+
+    # Lightning saves these in checkpoints and restores them before iterating: a run interrupted
+    # mid-epoch resumes at the batch where it stopped, in the same shuffled order.
+    def state_dict(self) -> dict[str, int]:
+        done = self.batches_done()
+        return {"batches_done": done if done < len(self) else 0}  # a finished epoch: the next starts afresh
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._resume_at = state["batches_done"]
 
     def indices(self) -> torch.Tensor | None:
         """This rank's sample indices for the current epoch; None means all, in order."""
@@ -139,7 +148,8 @@ class TensorBatches:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.indices()
         n = len(self.y) if idx is None else len(idx)
-        for start in range(0, n, self.batch_size):
+        first, self._resume_at = self._resume_at * self.batch_size, 0
+        for start in range(first, n, self.batch_size):
             if idx is None:  # contiguous slices are views: no copy
                 yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
             else:
@@ -197,7 +207,8 @@ class MNISTDataModule(L.LightningDataModule):
         check_raw_files(self.data_dir, checksums=False)  # cheap; prepare_data runs on rank 0 only
         images, labels = load_split(self.data_dir, train=True)
         if not 0 <= self.val_size < len(labels):
-            raise ValueError(f"data.val_size={self.val_size} must be in [0, {len(labels)}): lower it")
+            raise ConfigError(f"data.val_size={self.val_size} leaves no training images of {len(labels)}: "
+                              f"choose 0 <= data.val_size < {len(labels)}")
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
         val, train = order[: self.val_size], order[self.val_size :]
         x = self._shape(images)
@@ -218,7 +229,11 @@ class MNISTDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> TensorBatches:
-        return self._loader(self.train_x, self.train_y, shuffle=True)
+        batches = self._loader(self.train_x, self.train_y, shuffle=True)
+        if self.trainer is not None:
+            progress = self.trainer.fit_loop.epoch_loop.batch_progress
+            batches.batches_done = lambda: progress.current.processed  # steps taken this epoch
+        return batches
 
     def val_dataloader(self) -> TensorBatches | list:
         return self._loader(self.val_x, self.val_y, shuffle=False) if self.val_size else []

@@ -1,0 +1,33 @@
+"""The errors a user can meet. Each message is one line: what is wrong, then what to do.
+
+They derive from Hydra's CompactHydraException, so `python -m mnist_lab.train` prints the message
+alone, without a traceback (HYDRA_FULL_ERROR=1 shows it).
+"""
+
+from __future__ import annotations
+
+from hydra.errors import CompactHydraException
+
+
+class MnistLabError(CompactHydraException):
+    """A problem with the user's input or run, with the fix in the message."""
+
+
+class DataError(MnistLabError):
+    """Missing or damaged MNIST files."""
+
+
+class ConfigError(MnistLabError):
+    """A config value that cannot work; raised before any data is read or output written."""
+
+
+class CheckpointError(MnistLabError):
+    """A checkpoint that is missing, damaged, not mnist_lab's, or of another model."""
+
+
+class TrainingError(MnistLabError):
+    """Training cannot go on (a non-finite loss)."""
+
+
+class Interrupted(MnistLabError):
+    """Ctrl-C or SIGTERM: a checkpoint was saved and the run can be resumed."""
