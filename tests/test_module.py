@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from mnist_lab.models import ConvNet, MLP, build_model, summary
+from mnist_lab.models import MLP, ConvNet, build_model, summary
 from mnist_lab.module import KerasRMSprop, LitClassifier, build_optimizer
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -11,7 +13,8 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from mnist_lab.models import build_model
+from mnist_lab.errors import CheckpointError
+from mnist_lab.models import MODELS, build_model
 
 
 class KerasRMSprop(torch.optim.Optimizer):
@@ -59,6 +62,40 @@ def build_optimizer(params, name: str, lr: float, **kwargs: Any) -> torch.optim.
     return classes[name](params, lr=lr, **kwargs)
 
 
+def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> dict[str, Any]:
+    """torch.load with weights_only=True (never unpickles arbitrary objects), checked to be an mnist_lab
+    checkpoint (of `model_name`, when given). Raises CheckpointError with a one-line message."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist: give the path of a .ckpt file "
+                              "(a run folder keeps them in checkpoints/)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        globals_ = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
+        if not globals_:  # not a zip and not a pickle of plain data: damaged bytes
+            raise CheckpointError(f"checkpoint {path} is truncated or corrupted (unreadable pickle): "
+                                  "use another one, e.g. the run's checkpoints/best.ckpt, or retrain") from None
+        raise CheckpointError(f"checkpoint {path} holds Python objects that are not plain data ({globals_[0]}); "
+                              "it was not loaded, since unpickling them could run code: use an mnist_lab "
+                              "checkpoint") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({first}): "
+                              "use another one, e.g. the run's checkpoints/best.ckpt, or retrain") from None
+    model = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
+    if not isinstance(model, dict) or "state_dict" not in ckpt or model.get("name") not in MODELS:
+        raise CheckpointError(f"{path} is not an mnist_lab checkpoint (no model config in its hyper_parameters): "
+                              "give a checkpoint written by python -m mnist_lab.train")
+    if model_name is not None and model["name"] != model_name:
+        raise CheckpointError(f"checkpoint {path} holds a {model['name']}, not a {model_name}: "
+                              f"use model={model['name']} or a {model_name} checkpoint")
+    return ckpt
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': 1}} -> {'a.b': 1}, with values TensorBoard's HPARAMS tab can show."""
     out = {}
@@ -88,18 +125,23 @@ class LitClassifier(L.LightningModule):
         # validate_args=False and nan_strategy="disable": no per-step value checks, which would
         # force a host-device sync each step on a GPU (the labels are ours; loss is checked elsewhere).
         # validate_args=False, nan_strategy="disable": no per-step value checks, each of which would
-        # force a host-device sync on a GPU (the labels are ours; the loss is checked by NaNGuard).
+        # force a host-device sync on a GPU (the labels are ours; the loss is checked by guards.NonFiniteGuard).
         self.train_loss = MeanMetric(nan_strategy="disable")
         self.train_acc, self.val_acc, self.test_acc = (
             MulticlassAccuracy(num_classes=10, average="micro", validate_args=False) for _ in range(3)
         )
+        # In checkpoints, so an epoch resumed after an interruption logs the same training means.
+        self.train_loss.persistent(True)
+        self.train_acc.persistent(True)
 
     @classmethod
-    def from_checkpoint(cls, path: str, **kwargs: Any) -> LitClassifier:
+    def from_checkpoint(cls, path: str, model_name: str | None = None) -> LitClassifier:
         """Load an mnist_lab checkpoint, rebuilding its net from the model config it holds."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        model = ckpt["hyper_parameters"]["model"]
-        return cls.load_from_checkpoint(path, net=build_model(**model), map_location="cpu", **kwargs)
+        ckpt = load_checkpoint(path, model_name)
+        module = cls(build_model(**ckpt["hyper_parameters"]["model"]), **{
+            k: v for k, v in ckpt["hyper_parameters"].items() if k in ("optimizer", "model", "config")})
+        module.load_state_dict(ckpt["state_dict"])
+        return module.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -151,7 +193,8 @@ class LitClassifier(L.LightningModule):
 
     def _log_hp(self, stage: str) -> None:
         metrics = self.trainer.callback_metrics
-        values = {f"hp/{stage}_{k}": float(metrics[f"{stage}/{k}"]) for k in ("acc", "loss") if f"{stage}/{k}" in metrics}
+        values = {f"hp/{stage}_{k}": float(metrics[f"{stage}/{k}"])
+                  for k in ("acc", "loss") if f"{stage}/{k}" in metrics}
         if self.logger is not None and values:
             self.logger.log_metrics(values, step=self.global_step)
 
