@@ -39,12 +39,18 @@ def quiet_lightning() -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, test on the best checkpoint, and return the test metrics ({"test/acc": ..., "test/loss": ...})."""
+    _config.validate(cfg)  # before any data is read or output written
+    ckpt_path = None
+    if cfg.get("resume"):
+        cfg, ckpt_path = resumed(cfg)
+
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from mnist_lab.data import MNISTDataModule
+    from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
     from mnist_lab.models import build_model, summary
     from mnist_lab.module import LitClassifier
 
@@ -52,7 +58,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     plain = OmegaConf.to_container(cfg, resolve=True)  # plain values: checkpoints stay weights_only-loadable
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(plain))
+    if ckpt_path is None:
+        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain))
 
     torch.set_num_threads(cfg.threads or _config.default_threads())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -60,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     net = build_model(**plain["model"])
     table = summary(net)
     print(table)
-    (run_dir / "summary.txt").write_text(table + "\n")
+    write_text(run_dir / "summary.txt", table + "\n")
 
     datamodule = MNISTDataModule(**plain["data"], input_shape=net.input_shape, seed=cfg.seed)
     optimizer = {k: v for k, v in plain["optimizer"].items() if v is not None}
@@ -73,36 +80,149 @@ def train(cfg: DictConfig) -> dict[str, float]:
         monitor="val/acc" if validate else None,  # without validation "best" is the last epoch
         mode="max",
         save_last=True,
+        enable_version_counter=False,  # a resumed run overwrites best/last instead of adding best-v1
     )
     logger = TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False)
     trainer = L.Trainer(
         **plain["trainer"],
         logger=logger,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, NonFiniteGuard(), GracefulInterrupt(run_dir)],
         default_root_dir=run_dir,
         enable_model_summary=False,  # the Keras-style table above replaces it
         use_distributed_sampler=False,  # the datamodule shards its own tensor batches
     )
-    trainer.fit(module, datamodule=datamodule)
-    ckpt_path = None if cfg.trainer.fast_dev_run else "best"
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)[0]
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    test_ckpt = None if cfg.trainer.fast_dev_run else "best"
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
     metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
     print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  ({run_dir})")
     return metrics
 
 
+def resumed(cfg: DictConfig) -> tuple[DictConfig, str]:
+    """The config saved in the run folder cfg.resume (with this call's threads, progress bar and data
+    folder), and its checkpoints/last.ckpt, checked."""
+    from mnist_lab.errors import CheckpointError, ConfigError
+    from mnist_lab.module import load_checkpoint
+
+    run_dir = Path(cfg.resume).expanduser().resolve()
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={cfg.resume}: {saved} not found; give the folder of a run started by "
+                          "python -m mnist_lab.train (it holds config.yaml and checkpoints/)")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise CheckpointError(f"resume={cfg.resume}: {last} not found; the run saved no checkpoint yet, "
+                              "so start it again instead")
+    old = OmegaConf.merge(OmegaConf.structured(_config.Config), OmegaConf.load(saved))
+    load_checkpoint(last, model_name=old.model.name)
+    old.threads = cfg.threads
+    old.trainer.enable_progress_bar = cfg.trainer.enable_progress_bar
+    old.data.data_dir = cfg.data.data_dir
+    old.output_dir, old.resume = str(run_dir), str(run_dir)
+    return old, str(last)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write to a temporary name, then rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    return train(cfg)["test/acc"]  # a float, for Hydra sweepers that optimize
+    from mnist_lab.errors import ConfigError
+
+    try:
+        check_resume_overrides(cfg)
+        return train(cfg)["test/acc"]  # a float, for Hydra sweepers that optimize
+    except ConfigError:
+        remove_if_untouched(Path(cfg.output_dir))
+        raise
 
 
-def flags_first(argv: list[str]) -> list[str]:
-    """Move Hydra's -m/--multirun before the overrides: argparse stops reading overrides at a flag, so
-    `python -m mnist_lab.train experiment=keras_seed -m seed=0,1,2` would otherwise fail."""
-    flags = [a for a in argv[1:] if a in ("-m", "--multirun")]
-    return argv[:1] + flags + [a for a in argv[1:] if a not in flags]
+def check_resume_overrides(cfg: DictConfig) -> None:
+    """resume= continues a run with its own config: other overrides would silently not apply."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnist_lab.errors import ConfigError
+
+    if not cfg.get("resume"):
+        return
+    allowed = ("resume", "threads", "trainer.enable_progress_bar", "data.data_dir")
+    extra = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") not in allowed]
+    if extra:
+        raise ConfigError(f"resume= continues a run with its saved config; drop {' '.join(extra)} "
+                          "(or start a new run with them)")
+
+
+def remove_if_untouched(run_dir: Path) -> None:
+    """Remove a run folder that holds only what Hydra wrote before the run was rejected."""
+    if run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+
+def prepare_argv(argv: list[str]) -> list[str]:
+    """The command line as Hydra should see it.
+
+    - -m/--multirun goes before the overrides: argparse stops reading overrides at a flag, so
+      `python -m mnist_lab.train experiment=keras_seed -m seed=0,1,2` would otherwise fail.
+    - resume=DIR also sets hydra.run.dir=DIR: the resumed run continues in its own folder (Hydra's
+      record of this call goes to DIR/.hydra/resume/).
+    - A misspelled key fails here with a suggestion ("did you mean ...?").
+    """
+    args = argv[1:]
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    if not any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for f in flags):
+        check_keys(overrides)
+    for o in overrides:
+        if o.startswith("resume=") and not any(x.startswith("hydra.run.dir=") for x in overrides):
+            overrides += [f"hydra.run.dir={o.split('=', 1)[1]}", "hydra.output_subdir=.hydra/resume"]
+    return argv[:1] + flags + overrides
+
+
+def check_keys(overrides: list[str]) -> None:
+    """Exit with one line for a key that is neither a config field nor a config group."""
+    import difflib
+    import os
+
+    from mnist_lab.errors import ConfigError
+
+    fields = set(flat_keys(_config.Config))
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in groups:
+            options = sorted(p.stem for p in (Path(CONF_DIR) / key).glob("*.yaml"))
+            for value in override.split("=", 1)[1].split(","):
+                if value not in options + ["null"] and not value.startswith(("glob(", "range(", "choice(")):
+                    sys.exit(f"{key}={value}: no such option; choose one of {', '.join(options)}")
+        if "=" not in override or key.startswith("hydra") or key in fields or key in groups:
+            continue
+        close = difflib.get_close_matches(key, sorted(fields | groups), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "python -m mnist_lab.train --cfg job lists the keys"
+        if os.environ.get("HYDRA_FULL_ERROR"):
+            raise ConfigError(f"unknown config key {key!r}: {hint}")
+        sys.exit(f"unknown config key {key!r} in {override!r}: {hint}")
+
+
+def flat_keys(schema: type, prefix: str = "") -> list[str]:
+    """All dotted keys of a config dataclass: data, data.batch_size, ..."""
+    import dataclasses
+
+    keys = []
+    for f in dataclasses.fields(schema):
+        keys.append(prefix + f.name)
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            keys += flat_keys(type(default), prefix + f.name + ".")
+    return keys
 
 
 if __name__ == "__main__":
-    sys.argv = flags_first(sys.argv)
+    sys.argv = prepare_argv(sys.argv)
     main()

@@ -1,0 +1,230 @@
+"""Bad input, interruption, resume, determinism: each ends in one clear error or a correct recovery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mnist_lab.errors import CheckpointError, ConfigError, Interrupted, TrainingError
+from mnist_lab.module import LitClassifier, load_checkpoint
+from mnist_lab.train import train
+from tests.conftest import REPO, tiny_overrides
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "mnist_lab.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# 2. Config: rejected before any data is read or output written --------------------------------
+
+@pytest.mark.parametrize("override, key", [
+    ("model.name=resnet", "model.name"),
+    ("optimizer.name=adamw", "optimizer.name"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.lr=-1e-3", "optimizer.lr"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.val_size=600", "data.val_size"),  # the generated training set has 600 images
+    ("data.val_size=-1", "data.val_size"),
+    ("trainer.max_epochs=0", "trainer.max_epochs"),
+])
+def test_bad_values_rejected_before_anything(tiny_mnist, tmp_path, make_cfg, override, key):
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=rf"^{key}=.* is invalid: ") as err:
+        train(make_cfg(tiny_overrides(tiny_mnist, out) + [override]))
+    assert "\n" not in str(err.value)
+    assert not out.exists()
+
+
+def test_val_size_checked_against_real_size_without_loading(tmp_path, make_cfg):
+    # no data at all: the check must not need it (MNIST's 60,000 is assumed)
+    with pytest.raises(ConfigError, match="60,000 training images"):
+        train(make_cfg([f"data.data_dir={tmp_path}", "data.val_size=60000", f"output_dir={tmp_path / 'r'}"]))
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("optimizer.lrr=1", "unknown config key 'optimizer.lrr' in 'optimizer.lrr=1': did you mean optimizer.lr?"),
+    ("trainer.max_epoch=3", "did you mean trainer.max_epochs?"),
+    ("model=resnet", "model=resnet: no such option; choose one of convnet, mlp"),
+])
+def test_cli_typos_get_one_line_with_suggestion(tmp_path, override, expected):
+    result = run_cli([override], cwd=tmp_path)
+    assert result.returncode == 1
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cli_bad_value_leaves_no_run_folder(tiny_mnist, tmp_path):
+    result = run_cli([f"data.data_dir={tiny_mnist}", "optimizer.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    assert "optimizer.lr=-1.0 is invalid: the learning rate must be > 0" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+# 3. NaN or infinite loss ---------------------------------------------------------------------
+
+def test_nonfinite_loss_stops_at_once_and_keeps_best(tiny_mnist, tmp_path, make_cfg, monkeypatch):
+    original = LitClassifier.training_step
+    seen = []
+
+    def diverging(self, batch, batch_idx):
+        loss = original(self, batch, batch_idx)
+        seen.append(self.global_step)
+        return loss * float("nan") if self.global_step >= 20 else loss  # epoch 1 has steps 16-31
+
+    monkeypatch.setattr(LitClassifier, "training_step", diverging)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match=r"loss became non-finite \(nan\) at step 21 \(epoch 1\)") as err:
+        train(make_cfg(tiny_overrides(tiny_mnist, out)))
+    assert max(seen) == 20  # stopped right after the first bad step
+    assert "best checkpoint so far is kept" in str(err.value)
+    best = out / "checkpoints" / "best.ckpt"
+    ckpt = load_checkpoint(best)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
+
+
+# 4. Interruption and resume -----------------------------------------------------------------
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_and_resume_matches_uninterrupted(tiny_mnist, tmp_path, make_cfg, monkeypatch, sig):
+    overrides = tiny_overrides(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3"]
+    whole = train(make_cfg(overrides))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if self.global_step == 21:  # mid-epoch 1 (16 steps an epoch)
+            os.kill(os.getpid(), sig)
+
+    out = tmp_path / "interrupted"
+    cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
+    with monkeypatch.context() as m:
+        m.setattr(LitClassifier, "on_train_batch_end", on_train_batch_end, raising=False)
+        with pytest.raises(Interrupted, match=rf"{sig.name} received: stopped after step 22 \(epoch 1\).*"
+                                              rf"resume with: python -m mnist_lab.train resume="):
+            train(make_cfg(cut))
+    last = load_checkpoint(out / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 22  # the signal came after step 21; step 22 finished
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    resumed = train(make_cfg(cut + [f"resume={out}"]))
+    for k in whole:
+        assert resumed[k] == pytest.approx(whole[k], abs=1e-6), k
+    assert [p for p in out.iterdir() if p.is_dir()] == [out / "checkpoints"]  # the same TensorBoard run
+    assert len(list(out.glob("events.out.tfevents.*"))) > len(list((tmp_path / "whole").glob("events.*")))
+    assert not list(out.glob("checkpoints/*-v1.ckpt"))
+
+
+def test_resume_of_a_folder_without_checkpoint(tmp_path, make_cfg, tiny_mnist):
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(CheckpointError, match="last.ckpt not found"):
+        train(make_cfg(tiny_overrides(tiny_mnist, tmp_path / "x") + [f"resume={tmp_path}"]))
+
+
+# 5. and 8. Checkpoints: damaged, foreign, other model; never unpickled -----------------------
+
+@pytest.fixture(scope="module")
+def trained(tiny_mnist, tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab.train import CONF_DIR
+
+    out = tmp_path_factory.mktemp("trained")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=tiny_overrides(tiny_mnist, out) + ["trainer.max_epochs=1"])
+    train(cfg)
+    return out / "checkpoints" / "best.ckpt"
+
+
+def test_truncated_checkpoint(trained, tmp_path):
+    bad = tmp_path / "cut.ckpt"
+    bad.write_bytes(trained.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match=r"cut.ckpt is truncated or corrupted \(.*\): use another one"):
+        load_checkpoint(bad)
+
+
+def test_corrupted_checkpoint(trained, tmp_path):
+    blob = bytearray(trained.read_bytes())
+    blob[: 64] = os.urandom(64)
+    bad = tmp_path / "noise.ckpt"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="noise.ckpt is truncated or corrupted"):
+        load_checkpoint(bad)
+
+
+def test_foreign_checkpoint(tmp_path):
+    plain = tmp_path / "weights.pt"
+    torch.save({"w": torch.zeros(3)}, plain)
+    with pytest.raises(CheckpointError, match="weights.pt is not an mnist_lab checkpoint"):
+        load_checkpoint(plain)
+
+
+def test_checkpoint_of_another_model(trained):
+    with pytest.raises(CheckpointError, match="holds a mlp, not a convnet: use model=mlp"):
+        LitClassifier.from_checkpoint(str(trained), model_name="convnet")
+    assert LitClassifier.from_checkpoint(str(trained), model_name="mlp").net.image.in_features == 784
+
+
+class Payload:
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["MNIST_LAB_PWNED"]),))
+
+
+def test_checkpoint_with_code_is_never_unpickled(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("MNIST_LAB_PWNED", str(marker))
+    evil = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"model": {"name": "mlp"}}, "x": Payload()}, evil)
+    with pytest.raises(CheckpointError, match="not plain data.*not loaded"):
+        load_checkpoint(evil)
+    assert not marker.exists()
+
+
+def test_every_torch_load_is_weights_only():
+    for path in (REPO / "src").rglob("*.py"):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "torch.load(" in line:
+                assert "weights_only=True" in line, f"{path}:{n} loads without weights_only=True"
+
+
+# 6. Determinism ------------------------------------------------------------------------------
+
+def test_same_seed_same_metrics_other_seed_differs(tiny_mnist, tmp_path, make_cfg):
+    def run(name, seed):
+        return train(make_cfg(tiny_overrides(tiny_mnist, tmp_path / name) + [f"seed={seed}",
+                                                                              "trainer.max_epochs=1"]))
+
+    a, b, c = run("a", 0), run("b", 0), run("c", 1)
+    assert a == b
+    assert a["test/loss"] != c["test/loss"]
+
+
+# 7. Sweeps -----------------------------------------------------------------------------------
+
+def test_sweep_with_a_failing_job_finishes_the_others(tiny_mnist, tmp_path):
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "optimizer.lr=-1,1e-3", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+                      *overrides], cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    log = result.stdout + result.stderr
+    assert "job 0 (optimizer.lr=-1" in log and "optimizer.lr=-1.0 is invalid" in log
+    done = [p for p in sweep.iterdir() if p.is_dir() and (p / "checkpoints" / "best.ckpt").is_file()]
+    assert len(done) == 1 and done[0].name.startswith("1_") and "optimizer.lr=0.001" in done[0].name
+
+
+def test_runs_started_together_get_their_own_folders(tiny_mnist, tmp_path):
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    args = [sys.executable, "-m", "mnist_lab.train", "trainer.fast_dev_run=true", *overrides]
+    procs = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for _ in range(2)]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    runs = sorted((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 2 and all((r / "config.yaml").is_file() for r in runs)
