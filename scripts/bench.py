@@ -106,7 +106,7 @@ def bench_startup(args) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         run = [sys.executable, "-m", "mnist_lab.train", "trainer.fast_dev_run=true",
                "trainer.enable_progress_bar=false", f"data.data_dir={args.data}", "data.download=false",
-               "data.verify_checksums=false", f"hydra.run.dir={tmp}/run", f"threads={args.threads}"]
+               f"hydra.run.dir={tmp}/run", f"threads={args.threads}"]
         base = [sys.executable, "-c", "import lightning"]
         env = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
