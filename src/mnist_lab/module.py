@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from mnist_lab.errors import CheckpointError
 from mnist_lab.models import MODELS, build_model
@@ -130,6 +130,7 @@ class LitClassifier(L.LightningModule):
         self.train_acc, self.val_acc, self.test_acc = (
             MulticlassAccuracy(num_classes=10, average="micro", validate_args=False) for _ in range(3)
         )
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=10, validate_args=False)
         # In checkpoints, so an epoch resumed after an interruption logs the same training means.
         self.train_loss.persistent(True)
         self.train_acc.persistent(True)
@@ -163,19 +164,22 @@ class LitClassifier(L.LightningModule):
         self.train_loss.reset()
         self.train_acc.reset()
 
-    def _step(self, batch, stage: str, acc: MulticlassAccuracy) -> None:
+    def _step(self, batch, stage: str, acc: MulticlassAccuracy) -> torch.Tensor:
         x, y = batch
         logits = self.net(x)
         acc.update(logits, y)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_step=False, on_epoch=True, prog_bar=True,
                  batch_size=len(y), sync_dist=True)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True)
+        return logits
 
     def validation_step(self, batch, batch_idx):
         self._step(batch, "val", self.val_acc)
 
     def test_step(self, batch, batch_idx):
-        self._step(batch, "test", self.test_acc)
+        logits = self._step(batch, "test", self.test_acc)
+        self.test_confusion.update(logits, batch[1])
+        return logits  # for callbacks that draw predictions
 
     def on_fit_start(self) -> None:
         # Registers the hparams with metric tags, so TensorBoard's HPARAMS tab lists this run
