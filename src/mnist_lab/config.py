@@ -70,6 +70,7 @@ class Config:
     seed: int = 0  # seeds the weights, the train/val split and the shuffling
     threads: int | None = None  # torch CPU threads; None: half the available cores, at least 1
     output_dir: str = "${hydra:runtime.output_dir}"  # the run folder
+    export: bool = False  # at the end, export the best checkpoint (ONNX, .pt2, TorchScript), checked
     resume: str | None = None  # a run folder: continue that run from its checkpoints/last.ckpt
 
 

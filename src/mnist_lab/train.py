@@ -97,6 +97,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
     metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
     print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  ({run_dir})")
+    if cfg.export and trainer.is_global_zero:
+        from mnist_lab.export import export  # ONNX and friends load only when asked
+
+        export(checkpoint.best_model_path or checkpoint.last_model_path, data_dir=cfg.data.data_dir)
     return metrics
 
 

@@ -1,0 +1,260 @@
+"""Export a trained net for use without this code: ONNX, torch.export (.pt2), TorchScript, YAML + weights.
+
+    python -m mnist_lab.export checkpoint=outputs/runs/<time>                 # a run folder or a .ckpt
+    python -m mnist_lab.export checkpoint=<run> formats=[onnx,pt2] check=false
+    python -m mnist_lab.train export=true                                     # at the end of training
+
+Writes into <checkpoint folder>/export/:
+    model.onnx            torch.onnx.export's dynamo exporter, one self-contained file, dynamic batch
+    model.pt2             torch.export program (torch.export.load(path).module())
+    model.torchscript.pt  TorchScript (torch.jit.load); deprecated upstream in favour of .pt2
+    model.yaml            the architecture, readable, and the input/output contract
+    weights.safetensors   the plain net's weights alone
+
+Every graph takes raw pixels and returns class probabilities: input `pixels`, float32 in [0, 255],
+shape (N, 28, 28); output `probabilities`, (N, 10), rows summing to 1. TorchScript and eager also
+take uint8 and (N, 1, 28, 28). Scaling, normalization and softmax are inside, so a consumer needs
+no preprocessing code. With check=true (the default) every format is run on the 10,000 test images
+and compared with the eager model; the export fails if any probability differs by more than 1e-4 or
+any prediction differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from mnist_lab.data import MEAN, STD
+from mnist_lab.errors import CheckpointError, MnistLabError
+from mnist_lab.models import build_model, summary
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+FORMATS = ("onnx", "pt2", "torchscript", "weights")
+TOLERANCE = 1e-4
+log = logging.getLogger("mnist_lab.export")
+
+
+class Deployable(nn.Module):
+    """Raw pixels in [0, 255] -> class probabilities, around a plain net."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.images = len(net.input_shape) == 3  # the convnet wants (N, 1, 28, 28), the MLP (N, 784)
+        self.mean, self.std = MEAN, STD
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        n = pixels.shape[0]
+        x = pixels.to(torch.float32).reshape(n, 784)
+        if self.images:
+            x = x.reshape(n, 1, 28, 28)
+        x = (x / 255.0 - self.mean) / self.std
+        return torch.softmax(self.net(x), dim=1)
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A .ckpt file, or a run folder (its checkpoints/best.ckpt)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.ckpt", path / "best.ckpt"):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path} holds no checkpoints/best.ckpt: give a run folder of python -m "
+                              "mnist_lab.train or a .ckpt file")
+    return path
+
+
+def load_net(ckpt_path: Path) -> tuple[nn.Module, dict]:
+    """The plain net of an mnist_lab checkpoint (weights_only load, checked), in eval mode."""
+    from mnist_lab.module import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path)
+    model = ckpt["hyper_parameters"]["model"]
+    net = build_model(**model)
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{ckpt_path}: its weights do not fit a {model['name']} "
+                              f"({str(err).splitlines()[0]}); use a checkpoint written by mnist_lab.train") from None
+    return net.eval(), ckpt
+
+
+def export(ckpt_path: str | os.PathLike, formats=FORMATS, check: bool = True,
+           data_dir: str | None = None) -> dict[str, Path]:
+    """Write the formats beside the checkpoint; with `check`, verify each against eager on the test set."""
+    ckpt_path = resolve_checkpoint(ckpt_path)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        from mnist_lab.errors import ConfigError
+
+        raise ConfigError(f"formats={list(formats)}: unknown {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    net, ckpt = load_net(ckpt_path)
+    model = Deployable(net).eval()
+    out = ckpt_path.parent.parent / "export" if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    example = torch.rand(4, 28, 28) * 255
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    files: dict[str, Path] = {}
+
+    if "onnx" in formats:
+        files["onnx"] = atomic(out / "model.onnx", lambda tmp: export_onnx(model, example, batch, tmp))
+    if "pt2" in formats:
+        program = torch.export.export(model, (example,), dynamic_shapes={"pixels": {0: batch}})
+        files["pt2"] = atomic(out / "model.pt2", lambda tmp: torch.export.save(program, tmp))
+    if "torchscript" in formats:
+        with quiet_torchscript():
+            scripted = torch.jit.script(model)
+            files["torchscript"] = atomic(out / "model.torchscript.pt", lambda tmp: torch.jit.save(scripted, str(tmp)))
+    if "weights" in formats:
+        from safetensors.torch import save_file
+
+        state = {k: v.contiguous() for k, v in net.state_dict().items()}
+        files["weights"] = atomic(out / "weights.safetensors", lambda tmp: save_file(state, str(tmp)))
+
+    results = verify(model, files, data_dir or ckpt["hyper_parameters"].get("config", {}).get("data", {}).get(
+        "data_dir", "data")) if check else {}
+    import yaml
+
+    card = architecture(net, ckpt_path, ckpt, files, results)
+    atomic(out / "model.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(card, sort_keys=False)))
+    files["yaml"] = out / "model.yaml"
+    return files
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, batch, path: Path) -> None:
+    import contextlib
+    import io
+
+    for name in ("onnxscript", "onnx_ir", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # the exporter narrates its passes on stdout; the check below says what matters
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), input_names=["pixels"], output_names=["probabilities"],
+                          dynamic_shapes={"pixels": {0: batch}}, external_data=False, verbose=False)
+
+
+class quiet_torchscript(warnings.catch_warnings):
+    """TorchScript is deprecated upstream (torch.export is its successor); it still works, and its
+    FutureWarnings would only alarm the user here."""
+
+    def __enter__(self):
+        super().__enter__()
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return self
+
+
+def atomic(path: Path, write) -> Path:
+    """write(tmp) then rename onto path: a failed export never leaves half a file under the real name."""
+    tmp = path.with_name(".tmp-" + path.name)
+    try:
+        write(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_test_pixels(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    from mnist_lab.data import check_raw_files, load_split
+
+    check_raw_files(data_dir, checksums=False)
+    images, labels = load_split(data_dir, train=False)
+    return images.to(torch.float32), labels
+
+
+def verify(model: nn.Module, files: dict[str, Path], data_dir: str) -> dict[str, dict]:
+    """Run each exported format on the test images; compare with eager. Raises ExportCheckError."""
+    pixels, labels = load_test_pixels(data_dir)
+    with torch.no_grad():
+        reference = torch.cat([model(chunk) for chunk in pixels.split(1000)])
+    runners = {}
+    if "onnx" in files:
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(files["onnx"]), providers=["CPUExecutionProvider"])
+        runners["onnx"] = lambda x: torch.from_numpy(session.run(["probabilities"], {"pixels": x.numpy()})[0])
+    if "pt2" in files:
+        program = torch.export.load(str(files["pt2"])).module()
+        runners["pt2"] = program
+    if "torchscript" in files:
+        with quiet_torchscript():
+            runners["torchscript"] = torch.jit.load(str(files["torchscript"]))
+    if "weights" in files:
+        from safetensors.torch import load_file
+
+        net = build_model(_name(model.net))
+        net.load_state_dict(load_file(str(files["weights"])))
+        runners["weights"] = Deployable(net.eval())
+    results = {}
+    for name, run in runners.items():
+        with torch.no_grad():
+            probs = torch.cat([run(chunk) for chunk in pixels.split(1000)])
+        diff = float((probs - reference).abs().max())
+        disagree = int((probs.argmax(1) != reference.argmax(1)).sum())
+        acc = float((probs.argmax(1) == labels).float().mean())
+        results[name] = {"max_abs_diff": diff, "disagreements": disagree, "test_acc": acc}
+        ok = diff <= TOLERANCE and disagree == 0
+        print(f"check {name:12s} on {len(labels):,} test images: max |p - p_eager| = {diff:.2e}, "
+              f"{disagree} disagreeing predictions, accuracy {acc:.4f}  {'ok' if ok else 'FAILED'}")
+        if not ok:
+            raise ExportCheckError(f"{files[name]} disagrees with the eager model (max abs diff {diff:.2e} > "
+                                   f"{TOLERANCE:g} or {disagree} predictions differ): do not use it; report the "
+                                   "torch/onnxruntime versions")
+    return results
+
+
+def _name(net: nn.Module) -> str:
+    from mnist_lab.models import MODELS
+
+    return next(name for name, cls in MODELS.items() if isinstance(net, cls))
+
+
+class ExportCheckError(MnistLabError):
+    """An exported file whose outputs differ from the eager model's."""
+
+
+def architecture(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, results: dict) -> dict:
+    layers = []
+    for line in summary(net).splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1].startswith("(") and parts[1].endswith(")") and parts[1] != "(type)":
+            shape = line[30:52].strip()
+            layers.append({"name": parts[0], "type": parts[1].strip("()"), "output_shape": shape,
+                           "params": int(line[52:].strip().replace(",", ""))})
+    return {
+        "model": ckpt["hyper_parameters"]["model"],
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "layers": layers,
+        "input": {"name": "pixels", "dtype": "float32 (TorchScript and eager: also uint8)", "range": [0, 255],
+                  "shape": ["N", 28, 28], "note": "white digit on black, as MNIST"},
+        "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", 10],
+                   "note": "softmax over the digits 0-9"},
+        "preprocessing_inside": f"x / 255, then (x - {MEAN}) / {STD}; reshaped to {list(net.input_shape)}",
+        "checkpoint": str(ckpt_path),
+        "epoch": ckpt.get("epoch"),
+        "files": {k: v.name for k, v in files.items()},
+        "check": results or "not run",
+        "torch": str(torch.__version__),
+    }
+
+
+@hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    torch.set_num_threads(cfg.threads)
+    files = export(cfg.checkpoint, formats=list(cfg.formats), check=cfg.check, data_dir=cfg.data_dir)
+    for name, path in files.items():
+        print(f"{name:12s} {path}")
+
+
+if __name__ == "__main__":
+    main()
