@@ -1,13 +1,15 @@
-"""Callbacks that record a run for TensorBoard: seconds per epoch, test predictions, confusion matrix.
+"""Callbacks that record a run: seconds per epoch, the training history, test predictions.
 
-matplotlib is imported only when a figure is drawn, at the end of testing.
+matplotlib (mnist_lab.plots) is imported only when a figure is drawn, at the end of fit or test.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from mnist_lab.data import MEAN, STD
@@ -23,63 +25,97 @@ class EpochTime(L.Callback):
         module.log("time/epoch_s", time.perf_counter() - self.start, on_epoch=True, reduce_fx="max")
 
 
-class TestFigures(L.Callback):
-    """At the end of testing, logs two TensorBoard images:
+class HistoryPlot(L.Callback):
+    """At the end of fit, history.png in the run folder: loss and accuracy per epoch, train and val.
 
-    - `test/predictions`: the first `n` test digits with predicted and true labels, mistakes in red;
-    - `test/confusion_matrix`: torchmetrics' confusion matrix over the whole test set.
+    Read back from the run's TensorBoard events, so a resumed run's plot covers all its epochs.
     """
 
-    def __init__(self, n: int = 32):
-        self.n = n
+    TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    def on_fit_end(self, trainer, module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        from mnist_lab import plots
+
+        if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
+            trainer.logger.experiment.flush()
+        events = EventAccumulator(str(self.run_dir), size_guidance={"scalars": 0})
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        series = {}
+        for tag in self.TAGS:
+            if tag in tags:
+                by_step = {e.step: e.value for e in events.Scalars(tag)}  # a resumed epoch logs once
+                series[tag] = [by_step[s] for s in sorted(by_step)]
+        plots.save(plots.history(series), self.run_dir / "history.png")
+
+
+class TestFigures(L.Callback):
+    """At the end of testing:
+
+    - TensorBoard images `test/predictions` (the first 32 test digits, predicted (true), mistakes in
+      red) and `test/confusion_matrix` (torchmetrics);
+    - PNGs in the run folder: confusion_matrix.png, per_class.png (accuracy of each digit) and
+      mistakes.png (the most confident mistakes).
+    """
+
+    def __init__(self, run_dir: Path | None = None, n: int = 32):
+        self.run_dir, self.n = (Path(run_dir) if run_dir else None), n
 
     def on_test_epoch_start(self, trainer, module) -> None:
-        self.images, self.labels, self.preds = [], [], []
+        self.first, self.labels, self.probs, self.wrong_images, self.wrong_index = [], [], [], [], []
+        self.seen = 0
 
     def on_test_batch_end(self, trainer, module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if sum(len(y) for y in self.labels) < self.n and outputs is not None:
-            x, y = batch
-            self.images.append(x.detach().cpu())
-            self.labels.append(y.detach().cpu())
-            self.preds.append(outputs.detach().argmax(1).cpu())
+        if outputs is None:
+            return
+        x, y = batch
+        probs = torch.softmax(outputs.detach().float(), 1).cpu()
+        y = y.detach().cpu()
+        pixels = (x.detach().cpu().reshape(-1, 28, 28) * STD + MEAN).clamp(0, 1).mul(255).to(torch.uint8)
+        if sum(len(f) for f in self.first) < self.n:
+            self.first.append(pixels)
+        wrong = probs.argmax(1) != y
+        self.wrong_images.append(pixels[wrong])
+        self.wrong_index.append(torch.nonzero(wrong).flatten() + self.seen)
+        self.labels.append(y)
+        self.probs.append(probs)
+        self.seen += len(y)
 
     def on_test_epoch_end(self, trainer, module) -> None:
         confusion = module.test_confusion.compute().cpu()  # synced across ranks
         module.test_confusion.reset()
-        writer = getattr(trainer.logger, "experiment", None)
-        if not trainer.is_global_zero or writer is None or not hasattr(writer, "add_figure") or not self.labels:
+        if not trainer.is_global_zero or not self.labels:
             return
-        import matplotlib
+        from mnist_lab import plots
 
-        matplotlib.use("Agg")
-        images = torch.cat(self.images)[: self.n].reshape(-1, 28, 28) * STD + MEAN  # undo the normalization
-        labels, preds = torch.cat(self.labels)[: self.n], torch.cat(self.preds)[: self.n]
-        step = trainer.global_step
-        writer.add_figure("test/predictions", prediction_grid(images, labels, preds), step)
-        fig, _ = module.test_confusion.plot(confusion)
-        fig.set_size_inches(6, 6)
-        writer.add_figure("test/confusion_matrix", fig, step)
+        labels, probs = torch.cat(self.labels).numpy(), torch.cat(self.probs).numpy()
+        preds = probs.argmax(1)
+        first = torch.cat(self.first)[: self.n].numpy()
+        grid = plots.digit_grid(first, [f"{p} ({t})" for p, t in zip(preds[: self.n], labels[: self.n], strict=True)],
+                                list(preds[: self.n] != labels[: self.n]),
+                                title="test predictions: predicted (true), mistakes in red")
+        matrix, _ = module.test_confusion.plot(confusion)
+        matrix.set_size_inches(6, 6)
+        writer = getattr(trainer.logger, "experiment", None)
+        if writer is not None and hasattr(writer, "add_figure"):
+            writer.add_figure("test/predictions", grid, trainer.global_step, close=False)
+            writer.add_figure("test/confusion_matrix", matrix, trainer.global_step, close=False)
+        if self.run_dir is not None:
+            plots.save(matrix, self.run_dir / "confusion_matrix.png")
+            counts = confusion.sum(1).numpy()
+            accuracy = confusion.diag().numpy() / np.maximum(counts, 1)  # per-class recall = accuracy
+            plots.save(plots.per_class(accuracy, counts), self.run_dir / "per_class.png")
+            wrong_images = torch.cat(self.wrong_images).numpy()
+            order = torch.cat(self.wrong_index).numpy()
+            plots.save(plots.mistakes(wrong_images, labels[order], probs[order]), self.run_dir / "mistakes.png")
+        import matplotlib.pyplot as plt
 
-
-def prediction_grid(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, cols: int = 8):
-    """A matplotlib figure: each digit titled `pred (true)`, mistakes in red with a red frame."""
-    import matplotlib.pyplot as plt
-
-    rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.2, rows * 1.35))
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, y, p in zip(axes.flat, images, labels.tolist(), preds.tolist(), strict=False):
-        wrong = p != y
-        ax.imshow(image.clamp(0, 1).numpy(), cmap="gray_r", vmin=0, vmax=1)
-        ax.set_title(f"{p} ({y})", fontsize=9, color="red" if wrong else "black")
-        if wrong:
-            ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_edgecolor("red")
-                spine.set_linewidth(2)
-    fig.suptitle("test predictions: predicted (true); mistakes in red", fontsize=10)
-    fig.tight_layout()
-    return fig
+        plt.close(grid)
+        plt.close(matrix)

@@ -101,6 +101,9 @@ def plot_curves(runs: list[Run], path: Path) -> None:
         colour = colours.setdefault(r.variant, f"C{len(colours)}")
         ax.plot(range(1, len(r.val_acc) + 1), r.val_acc, marker="o", color=colour, alpha=0.85,
                 label=r.variant if r.variant not in ax.get_legend_handles_labels()[1] else None)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")
     ax.set_title(f"validation accuracy per epoch ({len(runs)} runs)")

@@ -144,39 +144,19 @@ def write_csv(path: Path, names: list[str], probs: np.ndarray, labels: np.ndarra
     tmp.replace(path)
 
 
-def write_grid(path: Path, images: np.ndarray, names: list[str], probs: np.ndarray,
-               labels: np.ndarray | None, n: int = 24, seed: int = 0) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def write_grid(path: Path, images: np.ndarray, probs: np.ndarray, labels: np.ndarray | None,
+               n: int = 24, seed: int = 0) -> None:
+    from mnist_lab import plots  # matplotlib only
 
     pick = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
-    cols = 8
-    rows = -(-len(pick) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5))
-    for ax in np.atleast_1d(axes).flat:
-        ax.axis("off")
-    for ax, i in zip(np.atleast_1d(axes).flat, pick, strict=False):
-        pred = int(probs[i].argmax())
-        wrong = labels is not None and pred != int(labels[i])
-        ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
-        title = f"{pred} ({int(labels[i])})" if labels is not None else f"{pred} {probs[i].max():.0%}"
-        ax.set_title(title, fontsize=9, color="red" if wrong else "black")
-        if wrong:
-            ax.axis("on")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for spine in ax.spines.values():
-                spine.set_edgecolor("red")
-                spine.set_linewidth(2)
-    what = "predicted (true), mistakes in red" if labels is not None else "predicted digit and probability"
-    fig.suptitle(f"{len(pick)} random images: {what}", fontsize=10)
-    fig.tight_layout()
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
-    tmp.replace(path)
+    preds = probs.argmax(1)
+    if labels is not None:
+        titles = [f"{preds[i]} ({labels[i]})" for i in pick]
+        wrong = [bool(preds[i] != labels[i]) for i in pick]
+        what = "predicted (true), mistakes in red"
+    else:
+        titles, wrong, what = [f"{preds[i]} {probs[i].max():.0%}" for i in pick], None, "predicted digit, probability"
+    plots.save(plots.digit_grid(images[pick], titles, wrong, title=f"{len(pick)} random images: {what}"), path)
 
 
 def predict(model: str, source: str = "test", data_dir: str = "data", out: str | None = None,
@@ -198,7 +178,7 @@ def predict(model: str, source: str = "test", data_dir: str = "data", out: str |
     folder = Path(out) if out else onnx_path.parent.parent / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(folder / "predictions.csv", names, probs, labels)
-    write_grid(folder / "predictions.png", np.asarray(images, dtype=np.float32), names, probs, labels, grid, seed)
+    write_grid(folder / "predictions.png", np.asarray(images, dtype=np.float32), probs, labels, grid, seed)
     result = {"n": len(names), "csv": folder / "predictions.csv", "png": folder / "predictions.png"}
     if labels is not None:
         result["accuracy"] = float((probs.argmax(1) == labels).mean())

@@ -49,7 +49,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from mnist_lab.callbacks import EpochTime, TestFigures
+    from mnist_lab.callbacks import EpochTime, HistoryPlot, TestFigures
     from mnist_lab.data import MNISTDataModule
     from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
     from mnist_lab.models import build_model, summary
@@ -87,7 +87,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = L.Trainer(
         **plain["trainer"],
         logger=logger,
-        callbacks=[checkpoint, NonFiniteGuard(), GracefulInterrupt(run_dir), EpochTime(), TestFigures()],
+        callbacks=[checkpoint, NonFiniteGuard(), GracefulInterrupt(run_dir), EpochTime(), HistoryPlot(run_dir),
+                   TestFigures(run_dir)],
         default_root_dir=run_dir,
         enable_model_summary=False,  # the Keras-style table above replaces it
         use_distributed_sampler=False,  # the datamodule shards its own tensor batches
