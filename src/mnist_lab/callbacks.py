@@ -43,6 +43,9 @@ class HistoryPlot(L.Callback):
 
         from mnist_lab import plots
 
+        import logging
+
+        logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after ..." is expected
         if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
             trainer.logger.experiment.flush()
         events = EventAccumulator(str(self.run_dir), size_guidance={"scalars": 0})

@@ -1,0 +1,79 @@
+"""What a reader looks at: inspect's numbers and samples, run figures, activations. PNGs checked by size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnist_lab.activations import activations
+from mnist_lab.errors import CheckpointError
+from mnist_lab.inspect import describe, inspect, report
+from mnist_lab.train import train
+from tests.conftest import make_digits, tiny_overrides
+
+
+def png_size(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.verify()
+        return image.size
+
+
+def test_inspect_numbers_equal_the_data(tiny_mnist, tmp_path):
+    result = inspect(str(tiny_mnist), tmp_path, verify_checksums=False)
+    train, test = result["stats"]["train"], result["stats"]["test"]
+    images, labels = make_digits(600, seed=1)  # what conftest wrote for the training split
+    assert train["shape"] == (600, 28, 28) and test["shape"] == (200, 28, 28)
+    assert train["dtype"] == "uint8" and (train["min"], train["max"]) == (int(images.min()), int(images.max()))
+    assert train["counts"] == np.bincount(labels, minlength=10).tolist() and sum(test["counts"]) == 200
+    assert png_size(result["png"]) == (880, 690)
+    assert "lecun1998gradient" in result["bib"].read_text()
+    assert "(sum 600)" in report(result["stats"])
+
+
+@pytest.mark.real_data
+def test_inspect_real_mnist(real_mnist):
+    stats = describe(str(real_mnist))
+    assert stats["train"]["shape"] == (60_000, 28, 28) and stats["test"]["shape"] == (10_000, 28, 28)
+    assert stats["train"]["dtype"] == "uint8" and (stats["train"]["min"], stats["train"]["max"]) == (0, 255)
+    assert sum(stats["train"]["counts"]) == 60_000 and sum(stats["test"]["counts"]) == 10_000
+    assert stats["test"]["counts"][1] == 1_135  # the well-known count of ones in the test set
+
+
+@pytest.fixture(scope="module")
+def convnet_run(tiny_mnist, tmp_path_factory):
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab.train import CONF_DIR
+
+    out = tmp_path_factory.mktemp("convnet_run")
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        train(compose(config_name="config", overrides=tiny_overrides(tiny_mnist, out) + ["model=convnet"]))
+    return out
+
+
+def test_run_folder_holds_its_figures(convnet_run):
+    assert png_size(convnet_run / "history.png") == (900, 380)
+    assert png_size(convnet_run / "per_class.png") == (700, 380)
+    assert png_size(convnet_run / "confusion_matrix.png") == (600, 600)
+    assert png_size(convnet_run / "mistakes.png")[0] == 880
+    assert "Total params: 93,322" in (convnet_run / "summary.txt").read_text()
+
+
+def test_activations_png_and_tensorboard(convnet_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    png = activations(str(convnet_run), index=3)
+    assert png == convnet_run / "activations_3.png"
+    width, height = png_size(png)
+    assert width == 1120 and height > 500
+    events = EventAccumulator(str(convnet_run), size_guidance={"images": 0})
+    events.Reload()
+    assert "activations/test_3" in events.Tags()["images"]
+
+
+def test_activations_need_a_convnet(tiny_mnist, tmp_path, make_cfg):
+    train(make_cfg(tiny_overrides(tiny_mnist, tmp_path) + ["trainer.max_epochs=1"]))
+    with pytest.raises(CheckpointError, match="holds a mlp, which has no conv layers"):
+        activations(str(tmp_path))
