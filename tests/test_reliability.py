@@ -217,7 +217,7 @@ def test_sweep_with_a_failing_job_finishes_the_others(tiny_mnist, tmp_path):
     log = result.stdout + result.stderr
     assert "job 0 (optimizer.lr=-1" in log and "optimizer.lr=-1.0 is invalid" in log
     done = [p for p in sweep.iterdir() if p.is_dir() and (p / "checkpoints" / "best.ckpt").is_file()]
-    assert len(done) == 1 and done[0].name.startswith("1_") and "optimizer.lr=0.001" in done[0].name
+    assert len(done) == 1 and done[0].name.startswith("1_") and "optimizer.lr:0.001" in done[0].name
 
 
 def test_runs_started_together_get_their_own_folders(tiny_mnist, tmp_path):

@@ -31,7 +31,7 @@ def sweep(tiny_mnist, tmp_path_factory):
 def test_runs_named_by_variant(sweep):
     names = sorted(p.name for p in compare.find_runs(sweep))
     assert len(names) == 4
-    assert names[0].startswith("0_mlp_") and "seed=0" in names[0] and "model=" not in names[0]
+    assert names[0].startswith("0_mlp_") and "seed:0" in names[0] and "model" not in names[0]
     assert {n.split("_")[1] for n in names} == {"mlp", "convnet"}
 
 
