@@ -35,6 +35,7 @@ def quiet_lightning() -> None:
             logging.getLogger(name).propagate = True
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # val_size=0
+    warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy")  # torchmetrics plot
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
