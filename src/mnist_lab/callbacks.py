@@ -39,11 +39,11 @@ class HistoryPlot(L.Callback):
     def on_fit_end(self, trainer, module) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
+        import logging
+
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         from mnist_lab import plots
-
-        import logging
 
         logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after ..." is expected
         if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
