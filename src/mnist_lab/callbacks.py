@@ -18,6 +18,9 @@ from mnist_lab.data import MEAN, STD
 class EpochTime(L.Callback):
     """Logs `time/epoch_s`: wall seconds of each training epoch (validation excluded)."""
 
+    def on_train_start(self, trainer, module) -> None:
+        self.start = time.perf_counter()  # a run resumed mid-epoch starts here, not at an epoch start
+
     def on_train_epoch_start(self, trainer, module) -> None:
         self.start = time.perf_counter()
 
