@@ -121,8 +121,17 @@ def train_size(data_dir: str) -> int:
         return 60_000
 
 
+def gpus_per_node(accelerator: str, devices: Any) -> Any:
+    """For hydra/launcher=slurm: GPUs to ask Slurm for, from the trainer config (None on CPU)."""
+    return devices if accelerator in ("gpu", "cuda") else None
+
+
 def register() -> None:
+    from omegaconf import OmegaConf
+
     ConfigStore.instance().store(name="base_config", node=Config)
+    if not OmegaConf.has_resolver("gpus_per_node"):
+        OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node)
 
 
 register()

@@ -12,6 +12,7 @@ at a folder holding MNIST/raw/.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import TensorBoardLogger
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from mnist_lab.callbacks import EpochTime, HistoryPlot, TestFigures
     from mnist_lab.data import MNISTDataModule
@@ -85,6 +87,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         enable_version_counter=False,  # a resumed run overwrites best/last instead of adding best-v1
     )
     logger = TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False)
+    plugins = []
+    if SLURMEnvironment.detect():
+        # Slurm started the ranks. Before the time limit (or on preemption) Slurm sends SIGUSR2, as
+        # hydra/launcher=slurm asks: Lightning saves an hpc checkpoint in the run folder and requeues
+        # the job, and the requeued job resumes from that checkpoint.
+        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR2))
     trainer = L.Trainer(
         **plain["trainer"],
         logger=logger,
@@ -93,6 +101,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         default_root_dir=run_dir,
         enable_model_summary=False,  # the Keras-style table above replaces it
         use_distributed_sampler=False,  # the datamodule shards its own tensor batches
+        plugins=plugins,
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     test_ckpt = None if cfg.trainer.fast_dev_run else "best"
@@ -143,10 +152,29 @@ def main(cfg: DictConfig) -> float:
 
     try:
         check_resume_overrides(cfg)
+        check_ddp_under_multirun(cfg)
         return train(cfg)["test/acc"]  # a float, for Hydra sweepers that optimize
     except ConfigError:
         remove_if_untouched(Path(cfg.output_dir))
         raise
+
+
+def check_ddp_under_multirun(cfg: DictConfig) -> None:
+    """Lightning's `ddp` starts the other ranks by re-running the command line: under --multirun that is
+    the whole sweep again, in every rank, and the ranks of one job may get different hyperparameters."""
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from mnist_lab.errors import ConfigError
+
+    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
+    several = cfg.trainer.num_nodes > 1 or str(cfg.trainer.devices) not in ("1", "auto")
+    if (HydraConfig.get().mode == RunMode.MULTIRUN and cfg.trainer.strategy == "ddp" and several
+            and "Slurm" not in launcher and "SLURM_NTASKS" not in os.environ):
+        raise ConfigError("trainer.strategy=ddp under --multirun would re-run the whole sweep in every rank: "
+                          "use trainer.strategy=ddp_spawn for a local sweep, or hydra/launcher=slurm")
 
 
 def check_resume_overrides(cfg: DictConfig) -> None:
