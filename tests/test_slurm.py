@@ -1,0 +1,61 @@
+"""A sweep through hydra/launcher=slurm on a real (local, single-node) Slurm.
+
+Runs only with MNIST_LAB_SLURM=1 (CI sets it): scripts/slurm_local.sh then installs slurm-wlm and munge
+when missing (root and apt-get needed), starts the daemons, and stops them afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tests.conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slurm
+SCRIPT = REPO / "scripts" / "slurm_local.sh"
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    if os.environ.get("MNIST_LAB_SLURM") != "1":
+        pytest.skip("set MNIST_LAB_SLURM=1 to run the Slurm tests (root: scripts/slurm_local.sh installs and "
+                    "starts a local Slurm)")
+    if os.geteuid() != 0:
+        pytest.skip("a local Slurm needs root (munged runs as user munge)")
+    was_up = "slurmd: running" in subprocess.run(["bash", str(SCRIPT), "status"], capture_output=True,
+                                                  text=True).stdout
+    up = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True, timeout=600)
+    if up.returncode != 0 and ("could not install" in up.stderr or "not installed" in up.stderr):
+        pytest.skip(up.stderr.strip())  # no package mirror here: nothing to test against
+    assert up.returncode == 0, up.stderr
+    try:
+        yield
+    finally:
+        if not was_up:
+            subprocess.run(["bash", str(SCRIPT), "down"], capture_output=True, timeout=120)
+
+
+def test_sweep_on_slurm(slurm, tiny_mnist, tmp_path):
+    assert shutil.which("sbatch")
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "model=mlp,convnet",
+           "trainer.max_epochs=1", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
+           f"hydra.sweep.dir={sweep}", *overrides]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [r.name.split("_")[1] for r in runs] == ["mlp", "convnet"]
+    for run in runs:
+        assert (run / "checkpoints" / "best.ckpt").is_file(), run
+        events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        events.Reload()
+        assert 0 <= events.Scalars("test/acc")[-1].value <= 1
+    logs = list((sweep / ".submitit").rglob("*_log.out"))
+    assert len(logs) == 2 and all("SLURM" in log.read_text() or log.stat().st_size > 0 for log in logs)
