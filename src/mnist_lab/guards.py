@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 from pathlib import Path
@@ -36,9 +37,14 @@ class NonFiniteGuard(L.Callback):
         self.period = self.every or (1 if module.device.type == "cpu" else 50)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
         step = trainer.global_step  # optimizer steps taken, this one included
-        bad = ~torch.isfinite(loss.detach()) & (self.first_bad < 0)
+        if self.period == 1:  # on CPU reading the loss costs nothing
+            if not math.isfinite(loss.item()) and int(self.first_bad) < 0:
+                self.first_bad.fill_(step)
+                self.check(trainer, loss)
+            return
+        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
         self.first_bad = torch.where(bad, torch.tensor(step, device=loss.device), self.first_bad)
         if step % self.period == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self.check(trainer, loss)

@@ -87,6 +87,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         enable_version_counter=False,  # a resumed run overwrites best/last instead of adding best-v1
     )
     logger = TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False)
+    callbacks = [checkpoint, NonFiniteGuard(), GracefulInterrupt(run_dir), EpochTime()]
+    if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its logger too)
+        callbacks += [HistoryPlot(run_dir), TestFigures(run_dir)]
     plugins = []
     if SLURMEnvironment.detect():
         # Slurm started the ranks. Before the time limit (or on preemption) Slurm sends SIGUSR2, as
@@ -96,8 +99,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = L.Trainer(
         **plain["trainer"],
         logger=logger,
-        callbacks=[checkpoint, NonFiniteGuard(), GracefulInterrupt(run_dir), EpochTime(), HistoryPlot(run_dir),
-                   TestFigures(run_dir)],
+        callbacks=callbacks,
         default_root_dir=run_dir,
         enable_model_summary=False,  # the Keras-style table above replaces it
         use_distributed_sampler=False,  # the datamodule shards its own tensor batches
