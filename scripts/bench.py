@@ -7,9 +7,10 @@
 Both sides train the same net (same init, same optimizer: RMSprop lr 1e-3) on the same in-memory
 tensors and the same shuffled batches (mnist_lab's TensorBatches, batch 128). The plain loop is
 forward, cross-entropy, backward, step. mnist_lab's epoch is Trainer.fit's training epoch as
-`python -m mnist_lab.train` runs it (torchmetrics accuracy, epoch-mean logging to TensorBoard),
-timed from on_train_epoch_start to on_train_epoch_end; validation and checkpointing are left out
-because the plain loop has none. Prints medians and the ratio; one JSON line per result.
+`python -m mnist_lab.train` runs it (LitClassifier's training metrics, TensorBoard logging, the
+per-step callbacks NonFiniteGuard and GracefulInterrupt), timed from on_train_epoch_start to
+on_train_epoch_end; validation and checkpointing are left out because the plain loop has none.
+Prints medians and the ratio; one JSON line per result.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def bench_epochs(args) -> list[dict]:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     from mnist_lab.data import MNISTDataModule, TensorBatches
+    from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
     from mnist_lab.models import build_model
     from mnist_lab.module import LitClassifier, build_optimizer
 
@@ -78,8 +80,10 @@ def bench_epochs(args) -> list[dict]:
             trainer = L.Trainer(
                 accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=limit, limit_val_batches=0,
                 logger=TensorBoardLogger(tmp, name="", version="", default_hp_metric=False),
-                callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
-                enable_model_summary=False, use_distributed_sampler=False, num_sanity_val_steps=0,
+                callbacks=[timer, NonFiniteGuard(), GracefulInterrupt(Path(tmp))],
+                enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
+                num_sanity_val_steps=0,
             )
             trainer.fit(module, datamodule=dm)
             return timer.seconds
