@@ -3,11 +3,14 @@
     python -m mnist_lab.train                                       # MLP, 5 epochs
     python -m mnist_lab.train model=convnet optimizer.lr=3e-4
     python -m mnist_lab.train experiment=keras_seed -m seed=0,1,2    # the Keras tutorial, 3 seeds
+    python -m mnist_lab.train export=true                           # also export the best checkpoint
+    python -m mnist_lab.train resume=outputs/runs/<time>            # continue an interrupted run
 
-A run folder (outputs/runs/<time>/, or outputs/sweeps/<time>/<n>_<overrides>/ under -m) holds
-config.yaml (resolved), summary.txt, checkpoints/{best,last}.ckpt and the TensorBoard events;
-`tensorboard --logdir outputs` shows them. Offline, point data.data_dir= (or MNIST_LAB_DATA_DIR)
-at a folder holding MNIST/raw/.
+A run folder (outputs/runs/<time>/, or outputs/sweeps/<time>/<n>_<model>_<overrides>/ under -m)
+holds config.yaml (resolved), summary.txt, checkpoints/{best,last}.ckpt, the TensorBoard events and
+the run's figures (history, per-class accuracy, mistakes, confusion matrix); `tensorboard --logdir
+outputs` shows them. Offline, point data.data_dir= (or MNIST_LAB_DATA_DIR) at a folder holding
+MNIST/raw/.
 """
 
 from __future__ import annotations
