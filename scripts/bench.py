@@ -41,6 +41,7 @@ def bench_epochs(args) -> list[dict]:
     from mnist_lab.module import LitClassifier, build_optimizer
 
     torch.set_num_threads(args.threads)
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"  # as train() does on CPU, and as a plain script has it
     results = []
     for name in args.models:
         torch.manual_seed(0)
