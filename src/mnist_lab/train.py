@@ -41,6 +41,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # val_size=0
     warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy")  # torchmetrics plot
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")  # a local run on a Slurm host
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
