@@ -228,3 +228,12 @@ def test_runs_started_together_get_their_own_folders(tiny_mnist, tmp_path):
     assert [p.wait(timeout=300) for p in procs] == [0, 0]
     runs = sorted((tmp_path / "outputs" / "runs").iterdir())
     assert len(runs) == 2 and all((r / "config.yaml").is_file() for r in runs)
+
+
+def test_ddp_relaunch_under_multirun_is_refused(tiny_mnist, tmp_path):
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    result = run_cli(["-m", "trainer=ddp_cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides],
+                     cwd=tmp_path, timeout=300)
+    assert result.returncode == 1
+    assert "trainer.strategy=ddp under --multirun would re-run the whole sweep in every rank" in result.stderr
+    assert not list((tmp_path / "sweep").rglob("*.ckpt"))
