@@ -168,3 +168,16 @@ def test_cli_errors_are_one_line(tmp_path):
                             capture_output=True, text=True, env=env, timeout=120)
     assert result.returncode == 1 and f"no ONNX model at {tmp_path}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_failed_check_leaves_no_files(exported, monkeypatch):
+    import mnist_lab.export as export_module
+    from mnist_lab.errors import ExportCheckError
+
+    folder = exported / "export"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # nothing can pass
+    with pytest.raises(ExportCheckError, match="disagrees with the eager model"):
+        export(exported)
+    after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    assert after == before  # the earlier, checked files are untouched; no staging folder is left

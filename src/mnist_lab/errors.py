@@ -31,3 +31,11 @@ class TrainingError(MnistLabError):
 
 class Interrupted(MnistLabError):
     """Ctrl-C or SIGTERM: a checkpoint was saved and the run can be resumed."""
+
+
+class ExportCheckError(MnistLabError):
+    """An exported file whose outputs differ from the eager model's."""
+
+
+class ModelError(MnistLabError):
+    """No usable exported model where one was asked for."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -32,7 +33,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from mnist_lab.data import MEAN, STD
-from mnist_lab.errors import CheckpointError, MnistLabError
+from mnist_lab.errors import CheckpointError, ExportCheckError
 from mnist_lab.models import build_model, summary
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -99,33 +100,45 @@ def export(ckpt_path: str | os.PathLike, formats=FORMATS, check: bool = True,
     net, ckpt = load_net(ckpt_path)
     model = Deployable(net).eval()
     out = ckpt_path.parent.parent / "export" if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    staging = out / f".staging-{os.getpid()}"  # written and checked here, then moved into place
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        staged = write_formats(model, net, formats, staging)
+        data_dir = data_dir or ckpt["hyper_parameters"].get("config", {}).get("data", {}).get("data_dir", "data")
+        results = verify(model, staged, data_dir) if check else {}
+        import yaml
+
+        card = architecture(net, ckpt_path, ckpt, staged, results)
+        staged["yaml"] = staging / "model.yaml"
+        staged["yaml"].write_text(yaml.safe_dump(card, sort_keys=False))
+        files = {name: out / path.name for name, path in staged.items()}
+        for name, path in staged.items():
+            path.replace(files[name])  # only files that passed the check reach the export folder
+        return files
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_formats(model: nn.Module, net: nn.Module, formats, folder: Path) -> dict[str, Path]:
     example = torch.rand(4, 28, 28) * 255
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     files: dict[str, Path] = {}
-
     if "onnx" in formats:
-        files["onnx"] = atomic(out / "model.onnx", lambda tmp: export_onnx(model, example, batch, tmp))
+        files["onnx"] = folder / "model.onnx"
+        export_onnx(model, example, batch, files["onnx"])
     if "pt2" in formats:
         program = torch.export.export(model, (example,), dynamic_shapes={"pixels": {0: batch}})
-        files["pt2"] = atomic(out / "model.pt2", lambda tmp: torch.export.save(program, tmp))
+        files["pt2"] = folder / "model.pt2"
+        torch.export.save(program, files["pt2"])
     if "torchscript" in formats:
+        files["torchscript"] = folder / "model.torchscript.pt"
         with quiet_torchscript():
-            scripted = torch.jit.script(model)
-            files["torchscript"] = atomic(out / "model.torchscript.pt", lambda tmp: torch.jit.save(scripted, str(tmp)))
+            torch.jit.save(torch.jit.script(model), str(files["torchscript"]))
     if "weights" in formats:
         from safetensors.torch import save_file
 
-        state = {k: v.contiguous() for k, v in net.state_dict().items()}
-        files["weights"] = atomic(out / "weights.safetensors", lambda tmp: save_file(state, str(tmp)))
-
-    results = verify(model, files, data_dir or ckpt["hyper_parameters"].get("config", {}).get("data", {}).get(
-        "data_dir", "data")) if check else {}
-    import yaml
-
-    card = architecture(net, ckpt_path, ckpt, files, results)
-    atomic(out / "model.yaml", lambda tmp: tmp.write_text(yaml.safe_dump(card, sort_keys=False)))
-    files["yaml"] = out / "model.yaml"
+        files["weights"] = folder / "weights.safetensors"
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(files["weights"]))
     return files
 
 
@@ -151,17 +164,6 @@ class quiet_torchscript(warnings.catch_warnings):
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         return self
-
-
-def atomic(path: Path, write) -> Path:
-    """write(tmp) then rename onto path: a failed export never leaves half a file under the real name."""
-    tmp = path.with_name(".tmp-" + path.name)
-    try:
-        write(tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def load_test_pixels(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,10 +219,6 @@ def _name(net: nn.Module) -> str:
     from mnist_lab.models import MODELS
 
     return next(name for name, cls in MODELS.items() if isinstance(net, cls))
-
-
-class ExportCheckError(MnistLabError):
-    """An exported file whose outputs differ from the eager model's."""
 
 
 def architecture(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, results: dict) -> dict:

@@ -26,15 +26,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from mnist_lab.errors import DataError, MnistLabError
+from mnist_lab.errors import DataError, ModelError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 log = logging.getLogger("mnist_lab.predict")
-
-
-class ModelError(MnistLabError):
-    """No usable ONNX model."""
 
 
 def find_onnx(model: str | os.PathLike) -> Path:
