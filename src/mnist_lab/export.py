@@ -16,7 +16,7 @@ shape (N, 28, 28); output `probabilities`, (N, 10), rows summing to 1. TorchScri
 take uint8 and (N, 1, 28, 28). Scaling, normalization and softmax are inside, so a consumer needs
 no preprocessing code. With check=true (the default) every format is run on the 10,000 test images
 and compared with the eager model; the export fails if any probability differs by more than 1e-4 or
-any prediction differs.
+any prediction differs, and then leaves export/ as it was (files are staged and checked first).
 """
 
 from __future__ import annotations
