@@ -45,8 +45,8 @@ def test_sweep_on_slurm(slurm, tiny_mnist, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
     cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "model=mlp,convnet",
-           "trainer.max_epochs=1", "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10",
-           f"hydra.sweep.dir={sweep}", *overrides]
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
+           *overrides, "trainer.max_epochs=1"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -59,3 +59,36 @@ def test_sweep_on_slurm(slurm, tiny_mnist, tmp_path):
         assert 0 <= events.Scalars("test/acc")[-1].value <= 1
     logs = list((sweep / ".submitit").rglob("*_log.out"))
     assert len(logs) == 2 and all("SLURM" in log.read_text() or log.stat().st_size > 0 for log in logs)
+
+
+def test_preempted_job_is_requeued_and_resumes(slurm, tiny_mnist, tmp_path):
+    """SIGUSR2, as Slurm sends it on preemption: submitit requeues the job, which resumes from last.ckpt.
+
+    Slurm holds a requeued job for about two minutes before it may start again.
+    """
+    import time
+
+    import torch
+
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "model=mlp", "seed=0",
+           "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}", *overrides, "trainer.max_epochs=600"]
+    launcher = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        deadline = time.time() + 120
+        while not list(sweep.glob("0_*/checkpoints/last.ckpt")) and time.time() < deadline:
+            time.sleep(0.5)
+        job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
+        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        out, _ = launcher.communicate(timeout=420)
+    finally:
+        launcher.kill()
+    assert launcher.returncode == 0, out[-3000:]
+    run = next(sweep.glob("0_*"))
+    log = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.out"))
+    assert "this job is preempted" in log and "Requeued job" in log
+    assert f"requeued job: resuming from {run / 'checkpoints' / 'last.ckpt'}" in log
+    last = torch.load(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 600 * 16  # all 600 epochs of 16 steps (500 images, batch 32), across two starts

@@ -16,7 +16,6 @@ MNIST/raw/.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -102,10 +101,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks += [HistoryPlot(run_dir), TestFigures(run_dir)]
     plugins = []
     if SLURMEnvironment.detect():
-        # Slurm started the ranks. Before the time limit (or on preemption) Slurm sends SIGUSR2, as
-        # hydra/launcher=slurm asks: Lightning saves an hpc checkpoint in the run folder and requeues
-        # the job, and the requeued job resumes from that checkpoint.
-        plugins.append(SLURMEnvironment(auto_requeue=True, requeue_signal=signal.SIGUSR2))
+        # Slurm started the ranks. Requeueing on preemption or at the time limit is submitit's (its
+        # SIGUSR2 handler requeues the job and exits); Lightning's own auto-requeue would race it.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+        if ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
+            last = run_dir / "checkpoints" / "last.ckpt"  # a requeued job: go on from its last checkpoint
+            if last.is_file():
+                from mnist_lab.module import load_checkpoint
+
+                load_checkpoint(last, model_name=cfg.model.name)
+                ckpt_path = str(last)
+                print(f"requeued job: resuming from {last}")
     trainer = L.Trainer(
         **plain["trainer"],
         logger=logger,
