@@ -29,12 +29,12 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from mnist_lab.export import Deployable, load_net, resolve_checkpoint
+    from mnist_lab.export import Deployable, load_net, normalizes, resolve_checkpoint
 
     torch.set_num_threads(args.threads)
     ckpt = resolve_checkpoint(args.run)
     net, meta = load_net(ckpt)
-    eager = Deployable(net).eval()
+    eager = Deployable(net, normalizes(meta)).eval()
     onnx = ckpt.parent.parent / "export" / "model.onnx"
     if not onnx.is_file():
         sys.exit(f"{onnx} not found: run python -m mnist_lab.export checkpoint={args.run} first")

@@ -181,3 +181,18 @@ def test_a_failed_check_leaves_no_files(exported, monkeypatch):
         export(exported)
     after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert after == before  # the earlier, checked files are untouched; no staging folder is left
+
+
+def test_export_keeps_the_runs_normalization(tiny_mnist, tmp_path, make_cfg):
+    # experiment=keras_seed trains on x / 255 without standardizing: the export must do the same
+    out = tmp_path / "raw"
+    metrics = train(make_cfg(tiny_overrides(tiny_mnist, out) + ["data.normalize=false", "trainer.max_epochs=1",
+                                                                "optimizer.lr=2e-6"]))
+    assert 0 < metrics["test/acc"] < 1  # a lr this small leaves it far from perfect: a real comparison
+    files = export(out)
+    import yaml
+
+    card = yaml.safe_load(files["yaml"].read_text())
+    assert card["preprocessing_inside"].startswith("x / 255; reshaped")
+    for name in ("onnx", "pt2", "torchscript", "weights"):
+        assert card["check"][name]["test_acc"] == pytest.approx(metrics["test/acc"], abs=1e-6), name

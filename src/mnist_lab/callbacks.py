@@ -71,8 +71,9 @@ class TestFigures(L.Callback):
       mistakes.png (the most confident mistakes).
     """
 
-    def __init__(self, run_dir: Path | None = None, n: int = 32):
+    def __init__(self, run_dir: Path | None = None, n: int = 32, normalized: bool = True):
         self.run_dir, self.n = (Path(run_dir) if run_dir else None), n
+        self.mean, self.std = (MEAN, STD) if normalized else (0.0, 1.0)  # to undo data.normalize
 
     def on_test_epoch_start(self, trainer, module) -> None:
         self.first, self.labels, self.probs, self.wrong_images, self.wrong_index = [], [], [], [], []
@@ -84,7 +85,7 @@ class TestFigures(L.Callback):
         x, y = batch
         probs = torch.softmax(outputs.detach().float(), 1).cpu()
         y = y.detach().cpu()
-        pixels = (x.detach().cpu().reshape(-1, 28, 28) * STD + MEAN).clamp(0, 1).mul(255).to(torch.uint8)
+        pixels = (x.detach().cpu().reshape(-1, 28, 28) * self.std + self.mean).clamp(0, 1).mul(255).to(torch.uint8)
         if sum(len(f) for f in self.first) < self.n:
             self.first.append(pixels)
         wrong = probs.argmax(1) != y

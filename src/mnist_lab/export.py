@@ -45,11 +45,12 @@ log = logging.getLogger("mnist_lab.export")
 class Deployable(nn.Module):
     """Raw pixels in [0, 255] -> class probabilities, around a plain net."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, normalize: bool = True):
         super().__init__()
         self.net = net
         self.images = len(net.input_shape) == 3  # the convnet wants (N, 1, 28, 28), the MLP (N, 784)
-        self.mean, self.std = MEAN, STD
+        # as the net was trained: data.normalize standardizes after /255 (off in experiment=keras_seed)
+        self.mean, self.std = (MEAN, STD) if normalize else (0.0, 1.0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         n = pixels.shape[0]
@@ -70,6 +71,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path} holds no checkpoints/best.ckpt: give a run folder of python -m "
                               "mnist_lab.train or a .ckpt file")
     return path
+
+
+def normalizes(ckpt: dict) -> bool:
+    """Whether the checkpoint's net was trained on standardized inputs (data.normalize)."""
+    return bool((ckpt["hyper_parameters"].get("config") or {}).get("data", {}).get("normalize", True))
 
 
 def load_net(ckpt_path: Path) -> tuple[nn.Module, dict]:
@@ -98,7 +104,7 @@ def export(ckpt_path: str | os.PathLike, formats=FORMATS, check: bool = True,
 
         raise ConfigError(f"formats={list(formats)}: unknown {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     net, ckpt = load_net(ckpt_path)
-    model = Deployable(net).eval()
+    model = Deployable(net, normalizes(ckpt)).eval()
     out = ckpt_path.parent.parent / "export" if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent / "export"
     staging = out / f".staging-{os.getpid()}"  # written and checked here, then moved into place
     staging.mkdir(parents=True, exist_ok=True)
@@ -196,7 +202,7 @@ def verify(model: nn.Module, files: dict[str, Path], data_dir: str) -> dict[str,
 
         net = build_model(_name(model.net))
         net.load_state_dict(load_file(str(files["weights"])))
-        runners["weights"] = Deployable(net.eval())
+        runners["weights"] = Deployable(net.eval(), normalize=model.std != 1.0)  # as `model` does
     results = {}
     for name, run in runners.items():
         with torch.no_grad():
@@ -237,7 +243,8 @@ def architecture(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, resul
                   "shape": ["N", 28, 28], "note": "white digit on black, as MNIST"},
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", 10],
                    "note": "softmax over the digits 0-9"},
-        "preprocessing_inside": f"x / 255, then (x - {MEAN}) / {STD}; reshaped to {list(net.input_shape)}",
+        "preprocessing_inside": f"x / 255, then (x - {MEAN}) / {STD}; reshaped to {list(net.input_shape)}"
+        if normalizes(ckpt) else f"x / 255; reshaped to {list(net.input_shape)}",
         "checkpoint": str(ckpt_path),
         "epoch": ckpt.get("epoch"),
         "files": {k: v.name for k, v in files.items()},

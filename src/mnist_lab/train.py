@@ -98,7 +98,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     logger = TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False)
     callbacks = [checkpoint, NonFiniteGuard(), GracefulInterrupt(run_dir), EpochTime()]
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its logger too)
-        callbacks += [HistoryPlot(run_dir), TestFigures(run_dir)]
+        callbacks += [HistoryPlot(run_dir), TestFigures(run_dir, normalized=cfg.data.normalize)]
     plugins = []
     if SLURMEnvironment.detect():
         # Slurm started the ranks. Requeueing on preemption or at the time limit is submitit's (its
