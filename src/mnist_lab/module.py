@@ -65,7 +65,6 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> d
     """torch.load with weights_only=True (never unpickles arbitrary objects), checked to be an mnist_lab
     checkpoint (of `model_name`, when given). Raises CheckpointError with a one-line message."""
     import pickle
-    import zipfile
 
     path = Path(path)
     if not path.is_file():
@@ -81,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> d
         raise CheckpointError(f"checkpoint {path} holds Python objects that are not plain data ({globals_[0]}); "
                               "it was not loaded, since unpickling them could run code: use an mnist_lab "
                               "checkpoint") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # damaged bytes surface as many types (RuntimeError, EOFError, IndexError, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({first}): "
                               "use another one, e.g. the run's checkpoints/best.ckpt, or retrain") from None
