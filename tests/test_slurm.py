@@ -80,8 +80,13 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tiny_mnist, tmp_path):
         deadline = time.time() + 120
         while not list(sweep.glob("0_*/checkpoints/last.ckpt")) and time.time() < deadline:
             time.sleep(0.5)
-        job = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()[0]
-        subprocess.run(["scancel", "--signal=USR2", job], check=True)
+        job = next(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())  # ours, not another's
+        for _ in range(20):  # the job may still be starting its step
+            if subprocess.run(["scancel", "--signal=USR2", job], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"could not signal Slurm job {job}")
         out, _ = launcher.communicate(timeout=420)
     finally:
         launcher.kill()
