@@ -86,6 +86,9 @@ def test_two_process_ddp(tiny_mnist, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     module = LitClassifier.from_checkpoint(str(run / "checkpoints" / "best.ckpt"))
     with torch.no_grad():
-        acc = float((module(dm.test_x).argmax(1) == dm.test_y).float().mean())
+        logits = module(dm.test_x)
+    acc = float((logits.argmax(1) == dm.test_y).float().mean())
+    loss = float(torch.nn.functional.cross_entropy(logits, dm.test_y))
     assert abs(metrics["test/acc"] - acc) < 1e-6, (metrics, acc)
+    assert abs(metrics["test/loss"] - loss) < 1e-5, (metrics, loss)
     assert 0 < acc < 1  # not trivially equal
