@@ -43,6 +43,19 @@ def make_mnist(root: Path, n_train: int = 600, n_test: int = 200) -> Path:
     return root
 
 
+def make_glyph_mnist(root: Path, n_train: int = 2000, n_test: int = 300) -> Path:
+    """Like make_mnist, with digits whose class is their shape (tests.rerender.glyphs), in MNIST's form."""
+    from tests.rerender import glyphs
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for prefix, n, seed in (("train", n_train, 1), ("t10k", n_test, 2)):
+        images, labels = glyphs(n, seed)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_mnist(tmp_path_factory) -> Path:
     """A data folder holding MNIST/raw/ with 600 train and 200 test generated images."""

@@ -108,40 +108,44 @@ def test_onnx_needs_only_onnxruntime_numpy_pillow(exported, tmp_path):
     assert result.returncode == 0, result.stderr[-1500:]
 
 
-def test_predict_imports_neither_torch_nor_lightning(exported, tiny_mnist, tmp_path):
+def test_predict_imports_neither_torch_nor_lightning(exported, tmp_path):
     code = f"""
         import runpy, sys
-        sys.argv = ["predict", r"onnx={exported}", r"data_dir={tiny_mnist}", r"out={tmp_path}"]
+        sys.argv = ["predict", r"onnx={exported}", r"out={tmp_path}"]
         runpy.run_module("mnist_lab.predict", run_name="__main__")
         assert "torch" not in sys.modules and "lightning" not in sys.modules, "torch was imported"
         print("no torch")
     """
+    env = {k: v for k, v in os.environ.items() if k != "MNIST_LAB_DATA_DIR"}  # the run's own data folder
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, env=env)
     assert result.returncode == 0, result.stderr[-1500:]
     assert "no torch" in result.stdout and "predicted 200 images, accuracy" in result.stdout
     rows = (tmp_path / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "item,predicted,top1,p1,top2,p2,top3,p3,true" and len(rows) == 201
+    assert rows[0] == "item,predicted,top1,p1,top2,p2,top3,p3,true,note" and len(rows) == 201
     assert (tmp_path / "predictions.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_predict_folder_with_bad_files(exported, tmp_path, caplog):
     from PIL import Image
 
+    from tests.rerender import glyphs
+
     folder = tmp_path / "digits"
     folder.mkdir()
-    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "a_ok.png")
+    Image.fromarray(glyphs(1, seed=0)[0][0]).save(folder / "a_ok.png")
     Image.fromarray(np.full((56, 40), 255, np.uint8)).save(folder / "b_big_white.png")
     (folder / "c_broken.png").write_bytes(b"not an image at all")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("INFO"):
         result = predict(str(exported), source=str(folder), out=str(tmp_path / "out"))
-    assert result["n"] == 2
+    assert (result["n"], result["skipped"]) == (1, 2)
     log = caplog.text
-    assert "b_big_white.png: resized from 40x56 to 28x28" in log
-    assert "b_big_white.png: inverted" in log
-    assert "c_broken.png: skipped, cannot read it as an image" in log
-    rows = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["a_ok.png", "b_big_white.png"]
+    assert "a_ok.png: already MNIST-like: unchanged" in log
+    assert "b_big_white.png: not predicted, blank: no digit found" in log
+    assert "c_broken.png: not predicted, cannot read it as an image" in log
+    rows = [r.split(",") for r in (tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:]]
+    assert [r[0] for r in rows] == ["a_ok.png", "b_big_white.png", "c_broken.png"]
+    assert rows[0][1] != "" and rows[1][1] == rows[2][1] == ""
 
 
 def test_predict_npy(exported, tmp_path):

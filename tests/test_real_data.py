@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import csv
+
+import numpy as np
 import pytest
 
 from mnist_lab.data import MNISTDataModule, check_raw_files
 from mnist_lab.train import train
 
 pytestmark = pytest.mark.real_data
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """An MLP trained one epoch on the real MNIST: its run folder and test metrics."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab.train import CONF_DIR
+    from tests.conftest import REAL_MNIST
+
+    if not (REAL_MNIST / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        pytest.skip(f"real MNIST not found at {REAL_MNIST} (set MNIST_LAB_REAL_DATA to a folder holding MNIST/raw/)")
+    out = tmp_path_factory.mktemp("real_run")
+    overrides = [f"data.data_dir={REAL_MNIST}", f"output_dir={out}", "trainer.max_epochs=1",
+                 "trainer.enable_progress_bar=false", "threads=2"]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        metrics = train(compose(config_name="config", overrides=overrides))
+    return out, metrics
 
 
 def test_real_files_pass_checksums(real_mnist):
@@ -17,8 +38,38 @@ def test_real_files_pass_checksums(real_mnist):
     assert (len(dm.train_y), len(dm.val_y), len(dm.test_y)) == (55_000, 5_000, 10_000)
 
 
-def test_one_epoch_reaches_95_percent(real_mnist, tmp_path, make_cfg):
-    cfg = make_cfg([f"data.data_dir={real_mnist}", f"output_dir={tmp_path}", "trainer.max_epochs=1",
-                    "trainer.enable_progress_bar=false", "threads=2"])
-    metrics = train(cfg)
-    assert metrics["test/acc"] >= 0.95
+def test_one_epoch_reaches_95_percent(one_epoch):
+    assert one_epoch[1]["test/acc"] >= 0.95
+
+
+def test_every_mnist_test_digit_passes_preparation_unchanged(real_mnist):
+    from mnist_lab.predict import read_idx
+    from mnist_lab.prepare import prepare
+
+    images = read_idx(real_mnist / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
+    for image in images:
+        prepared = prepare(image)
+        assert prepared.steps == ["already MNIST-like: unchanged"] and np.array_equal(prepared.pixels, image)
+
+
+def test_rerendered_test_digits_within_2_points(one_epoch, real_mnist, tmp_path):
+    """1,000 real test digits (the first), re-rendered as a person's images: predict's accuracy on them
+    within 2 points of the same model's on the originals."""
+    from mnist_lab.export import export
+    from mnist_lab.predict import predict, read_idx
+    from tests.rerender import write_rerendered
+
+    run, _ = one_epoch
+    export(run, formats=["onnx"], check=False)
+    raw = real_mnist / "MNIST" / "raw"
+    images, labels = read_idx(raw / "t10k-images-idx3-ubyte")[:1000], read_idx(raw / "t10k-labels-idx1-ubyte")[:1000]
+    np.save(tmp_path / "originals.npy", images)
+    write_rerendered(images, labels, tmp_path / "scans", seed=0)
+
+    def accuracy(source: str) -> float:
+        result = predict(str(run), source=source, out=str(tmp_path / "out"), overwrite=True)
+        with open(result["csv"], newline="") as f:
+            return float(np.mean([int(r["predicted"]) == y for r, y in zip(csv.DictReader(f), labels, strict=True)]))
+
+    original, rerendered = accuracy(str(tmp_path / "originals.npy")), accuracy(str(tmp_path / "scans"))
+    assert original >= 0.95 and abs(rerendered - original) <= 0.02, (original, rerendered)

@@ -47,14 +47,22 @@ def history(series: dict[str, list[float]]):
 
 
 def digit_grid(images: np.ndarray, titles: list[str], wrong: list[bool] | None = None, cols: int = 8,
-               title: str = ""):
-    """Digits (N, 28, 28) as white-on-black images with a title each; `wrong` ones framed in red."""
+               title: str = "", originals: list[tuple[str, np.ndarray]] | None = None):
+    """Digits (N, 28, 28) as white-on-black images with a title each; `wrong` ones framed in red.
+    `originals` (name, grey levels of any size), one per digit: each shown, named, left of its digit."""
     n = len(images)
-    rows = max(1, -(-n // cols))
+    per = 2 if originals is not None else 1  # axes per digit
+    rows = max(1, -(-n * per // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.3 + (0.4 if title else 0)), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for i, ax in enumerate(axes.flat[:n]):
+    for i in range(n):
+        ax = axes.flat[i * per + per - 1]
+        if originals is not None:
+            name, original = originals[i]
+            left = axes.flat[i * per]
+            left.imshow(original, cmap="gray", vmin=0, vmax=255)
+            left.set_title(name if len(name) <= 14 else name[:6] + "..." + name[-5:], fontsize=6)
         bad = bool(wrong[i]) if wrong is not None else False
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         ax.set_title(titles[i], fontsize=8, color="red" if bad else "black")

@@ -2,17 +2,25 @@
 
     python -m mnist_lab.predict onnx=outputs/runs/<time>                 # the MNIST test set
     python -m mnist_lab.predict onnx=<run> source=my_digits/             # a folder of PNG/JPG images
+    python -m mnist_lab.predict onnx=<run> source=seven.jpg              # one image
     python -m mnist_lab.predict onnx=path/to/model.onnx source=x.npy     # an array (N, 28, 28), 0-255
 
 `onnx` is a run folder (its export/model.onnx, written by python -m mnist_lab.export) or an .onnx
-file. Writes into `out` (default: <model folder>/predictions/):
+file. The test set is read from data_dir, by default the run's own data.data_dir (its config.yaml).
+Writes into `out` (default: <run>/predictions/<source>/, e.g. predictions/test/, predictions/my_digits/;
+an earlier predictions.csv there is kept unless overwrite=true):
     predictions.csv   item (file name or index), predicted digit, top-3 digits with probabilities,
-                      true label where known
-    predictions.png   24 random images with predicted (true) labels, mistakes in red
+                      true label where known, and a note: what was done to the image, or why it
+                      was not predicted
+    predictions.png   24 random images with predicted (true) labels, mistakes in red; for image
+                      files the file itself beside the 28x28 the model saw
 
-Images: converted to grayscale; another size is resized to 28x28 (and said so); a dark digit on a
-light background is inverted to MNIST's white on black (and said so); an unreadable file is reported
-by name and skipped, the others are still predicted.
+Images are prepared as MNIST's digits were (mnist_lab.prepare: inverted to white on black where
+needed, background noise removed, the digit cropped, fitted to 20x20 and centred by mass in 28x28);
+each file's line in the log says what was done. Already MNIST-like images pass unchanged. A blank,
+too small or unreadable file is named and not predicted, an image of several separate blobs is
+named and its largest blob predicted; the others are still predicted. Arrays (.npy) are taken as
+prepared model inputs.
 """
 
 from __future__ import annotations
@@ -26,10 +34,10 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from mnist_lab.errors import DataError, ModelError
+from mnist_lab.errors import ConfigError, DataError, ModelError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 log = logging.getLogger("mnist_lab.predict")
 
 
@@ -40,6 +48,22 @@ def find_onnx(model: str | os.PathLike) -> Path:
             return candidate
     raise ModelError(f"no ONNX model at {path}: give an .onnx file or a run folder, after "
                      f"python -m mnist_lab.export checkpoint={path}")
+
+
+def run_folder(onnx_path: Path) -> Path:
+    """The run an exported model belongs to (<run>/export/model.onnx), else the model's own folder."""
+    return onnx_path.parent.parent if onnx_path.parent.name == "export" else onnx_path.parent
+
+
+def runs_data_dir(onnx_path: Path) -> str | None:
+    """data.data_dir from the run's config.yaml, as export finds it: the data the model was trained on."""
+    config = run_folder(onnx_path) / "config.yaml"
+    if not config.is_file():
+        return None
+    import yaml
+
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
+    return data.get("data_dir")
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -54,42 +78,62 @@ def read_idx(path: Path) -> np.ndarray:
     return array.reshape(shape)
 
 
-def load_test_set(data_dir: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def load_test_set(data_dir: str, where: str = "") -> tuple[list[str], np.ndarray, np.ndarray]:
     raw = Path(data_dir).expanduser() / "MNIST" / "raw"
     images, labels = raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte"
     if not images.is_file() or not labels.is_file():
-        raise DataError(f"MNIST test files not found in {raw}: set data_dir= (or MNIST_LAB_DATA_DIR) to a folder "
-                        "holding MNIST/raw/, or predict source=<folder of images or .npy>")
+        raise DataError(f"MNIST test files not found in {raw}{where}: set data_dir= (or MNIST_LAB_DATA_DIR) to a "
+                        "folder holding MNIST/raw/, or predict source=<folder or file of images, or .npy>")
     x, y = read_idx(images), read_idx(labels)
     return [str(i) for i in range(len(x))], x, y.astype(np.int64)
 
 
-def load_images(folder: Path) -> tuple[list[str], np.ndarray]:
+def image_files(src: Path) -> list[Path]:
+    if src.is_file():
+        return [src]
+    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {src}: give a folder of digit images")
+    return files
+
+
+def load_images(files: list[Path]) -> tuple[list[np.ndarray | None], list[str]]:
+    """Each file prepared as MNIST was (None where it cannot be predicted), and a note on each."""
     from PIL import Image, UnidentifiedImageError
 
-    names, images = [], []
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}: give a folder of digit images")
+    from mnist_lab.prepare import prepare_file
+
+    images: list[np.ndarray | None] = []
+    notes: list[str] = []
+    unchanged = 0
     for path in files:
         try:
-            with Image.open(path) as image:
-                gray = image.convert("L")
-                if gray.size != (28, 28):
-                    log.warning(f"{path.name}: resized from {gray.size[0]}x{gray.size[1]} to 28x28")
-                    gray = gray.resize((28, 28), Image.Resampling.LANCZOS)
-                pixels = np.asarray(gray, dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as err:
-            log.error(f"{path.name}: skipped, cannot read it as an image ({str(err).splitlines()[0]})")
+            prepared = prepare_file(path)
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+            reason = f"cannot read it as an image ({str(err).splitlines()[0]})"
+            log.error(f"{path.name}: not predicted, {reason}")
+            images.append(None)
+            notes.append(f"not predicted: {reason}")
             continue
-        if pixels.mean() > 127:  # MNIST digits are white on black
-            log.warning(f"{path.name}: inverted (a dark digit on a light background)")
-            pixels = 255 - pixels
-        names.append(path.name)
-        images.append(pixels)
-    if not images:
-        raise DataError(f"none of the {len(files)} files in {folder} could be read as an image")
-    return names, np.stack(images)
+        done = ", ".join(prepared.steps)
+        images.append(prepared.pixels)
+        if prepared.pixels is None:
+            log.warning(f"{path.name}: not predicted, {prepared.problem} ({done})")
+            notes.append(f"not predicted: {prepared.problem}; {done}")
+        elif prepared.problem:
+            log.warning(f"{path.name}: {prepared.problem} ({done})")
+            notes.append(f"{prepared.problem}; {done}")
+        else:
+            unchanged += prepared.steps == ["already MNIST-like: unchanged"]
+            log.info(f"{path.name}: {done}")
+            notes.append(done)
+    skipped = sum(image is None for image in images)
+    log.info(f"{plural(len(files), 'file')}: {len(files) - skipped - unchanged:,} prepared as MNIST was, "
+             f"{unchanged:,} already MNIST-like, {skipped:,} not predicted")
+    if skipped == len(files):
+        raise DataError(f"none of the {plural(len(files), 'file')} could be predicted (see the lines above): "
+                        "give images of one digit each")
+    return images, notes
 
 
 def load_array(path: Path) -> tuple[list[str], np.ndarray]:
@@ -126,22 +170,31 @@ class Predictor:
                                for i in range(0, len(x), batch)])
 
 
-def write_csv(path: Path, names: list[str], probs: np.ndarray, labels: np.ndarray | None) -> None:
-    top3 = np.argsort(-probs, axis=1)[:, :3]
+def write_csv(path: Path, names: list[str], probs: np.ndarray, labels: np.ndarray | None,
+              notes: list[str] | None = None, predicted: np.ndarray | None = None) -> None:
+    """One row per item; `predicted` (indices into names) says which rows `probs` belong to."""
+    rows = np.arange(len(names)) if predicted is None else predicted
+    prob_of = {int(i): p for i, p in zip(rows, probs, strict=True)}
     tmp = path.with_name(".tmp-" + path.name)
     with tmp.open("w", newline="") as f:
         out = csv.writer(f)
-        out.writerow(["item", "predicted", "top1", "p1", "top2", "p2", "top3", "p3", "true"])
+        out.writerow(["item", "predicted", "top1", "p1", "top2", "p2", "top3", "p3", "true", "note"])
         for i, name in enumerate(names):
-            row = [name, int(top3[i, 0])]
-            for d in top3[i]:
-                row += [int(d), f"{probs[i, d]:.6f}"]
-            out.writerow(row + ["" if labels is None else int(labels[i])])
+            row = [name]
+            if i in prob_of:
+                top3 = np.argsort(-prob_of[i])[:3]
+                row.append(int(top3[0]))
+                for d in top3:
+                    row += [int(d), f"{prob_of[i][d]:.6f}"]
+            else:
+                row += [""] * 7
+            out.writerow(row + ["" if labels is None else int(labels[i]), notes[i] if notes else ""])
     tmp.replace(path)
 
 
 def write_grid(path: Path, images: np.ndarray, probs: np.ndarray, labels: np.ndarray | None,
-               n: int = 24, seed: int = 0) -> None:
+               n: int = 24, seed: int = 0, files: list[Path] | None = None) -> None:
+    """`files`: the image files the rows came from, shown beside what the model saw."""
     from mnist_lab import plots  # matplotlib only
 
     pick = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
@@ -152,40 +205,94 @@ def write_grid(path: Path, images: np.ndarray, probs: np.ndarray, labels: np.nda
         what = "predicted (true), mistakes in red"
     else:
         titles, wrong, what = [f"{preds[i]} {probs[i].max():.0%}" for i in pick], None, "predicted digit, probability"
-    plots.save(plots.digit_grid(images[pick], titles, wrong, title=f"{len(pick)} random images: {what}"), path)
+    originals = None
+    if files is not None:
+        originals = [(files[i].name, thumbnail(files[i])) for i in pick]
+        what += "; each file beside the 28x28 the model saw"
+    plots.save(plots.digit_grid(images[pick], titles, wrong, title=f"{len(pick)} random images: {what}",
+                                originals=originals), path)
 
 
-def predict(model: str, source: str = "test", data_dir: str = "data", out: str | None = None,
-            threads: int = 1, grid: int = 24, seed: int = 0) -> dict:
-    onnx_path = find_onnx(model)
-    labels = None
-    if source == "test":
-        names, images, labels = load_test_set(data_dir)
+def thumbnail(path: Path, side: int = 112) -> np.ndarray:
+    """The file's grey levels, as read, reduced to fit side x side."""
+    from PIL import Image, ImageOps
+
+    from mnist_lab.prepare import resize, to_gray
+
+    with Image.open(path) as image:
+        image.draft("L", (side, side))
+        gray, _ = to_gray(ImageOps.exif_transpose(image))
+    scale = min(1.0, side / max(gray.shape))
+    return resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))))
+
+
+def output_folder(onnx_path: Path, source: str, out: str | None, overwrite: bool) -> Path:
+    """<run>/predictions/<source name>/ unless `out`; refuses to replace earlier predictions unasked."""
+    if out:
+        folder = Path(out).expanduser()
     else:
         src = Path(source).expanduser()
-        if src.is_dir():
-            names, images = load_images(src)
+        name = "test" if source == "test" else (src.resolve().name if src.is_dir() else src.stem)
+        folder = run_folder(onnx_path) / "predictions" / name
+    if (folder / "predictions.csv").exists() and not overwrite:
+        raise ConfigError(f"{folder / 'predictions.csv'} exists (an earlier prediction): pass overwrite=true to "
+                          "replace it, or out=<another folder>")
+    return folder
+
+
+def predict(model: str, source: str = "test", data_dir: str | None = None, out: str | None = None,
+            threads: int = 1, grid: int = 24, seed: int = 0, overwrite: bool = False) -> dict:
+    """Predict and write predictions.csv and .png. data_dir=None: the run's own data folder."""
+    onnx_path = find_onnx(model)
+    folder = output_folder(onnx_path, source, out, overwrite)
+    labels, notes, files, predicted = None, None, None, None
+    if source == "test":
+        where = ""
+        if data_dir is None:
+            data_dir = runs_data_dir(onnx_path)
+            where = f" (the data_dir in {run_folder(onnx_path) / 'config.yaml'})" if data_dir else ""
+        names, images, labels = load_test_set(data_dir or "data", where)
+    else:
+        src = Path(source).expanduser()
+        if src.is_dir() or (src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES):
+            files = image_files(src)
+            prepared, notes = load_images(files)
+            names = [p.name for p in files]
+            predicted = np.array([i for i, x in enumerate(prepared) if x is not None])
+            images = np.stack([prepared[i] for i in predicted])
+            files = [files[i] for i in predicted]
         elif src.suffix == ".npy" and src.is_file():
             names, images = load_array(src)
         else:
-            raise DataError(f"source={source}: not found, or neither a folder of images nor a .npy file; "
-                            "use source=test for the MNIST test set")
+            raise DataError(f"source={source}: not found, or neither a folder or file of images "
+                            f"({', '.join(IMAGE_SUFFIXES)}) nor a .npy file; use source=test for the MNIST test set")
     probs = Predictor(onnx_path, threads)(images)
-    folder = Path(out) if out else onnx_path.parent.parent / "predictions"
     folder.mkdir(parents=True, exist_ok=True)
-    write_csv(folder / "predictions.csv", names, probs, labels)
-    write_grid(folder / "predictions.png", np.asarray(images, dtype=np.float32), probs, labels, grid, seed)
-    result = {"n": len(names), "csv": folder / "predictions.csv", "png": folder / "predictions.png"}
+    write_csv(folder / "predictions.csv", names, probs, labels, notes, predicted)
+    write_grid(folder / "predictions.png", np.asarray(images, dtype=np.float32), probs, labels, grid, seed, files)
+    result = {"n": len(images), "skipped": len(names) - len(images), "csv": folder / "predictions.csv",
+              "png": folder / "predictions.png"}
     if labels is not None:
         result["accuracy"] = float((probs.argmax(1) == labels).mean())
     return result
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def report(result: dict) -> str:
+    """The command's last line: how many were predicted, the accuracy where known, where it went."""
+    accuracy = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
+    skipped = f" ({plural(result['skipped'], 'file')} not predicted: see the log)" if result.get("skipped") else ""
+    return f"predicted {plural(result['n'], 'image')}{accuracy}{skipped}: {result['csv']}, {result['png']}"
+
+
 @hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    result = predict(cfg.onnx, cfg.source, cfg.data_dir, cfg.out, cfg.threads, cfg.grid, cfg.seed)
-    accuracy = f", accuracy {result['accuracy']:.4f}" if "accuracy" in result else ""
-    print(f"predicted {result['n']:,} images{accuracy}: {result['csv']}, {result['png']}")
+    result = predict(cfg.onnx, str(cfg.source), cfg.data_dir, cfg.out, cfg.threads, cfg.grid, cfg.seed,
+                     cfg.overwrite)
+    print(report(result))
 
 
 if __name__ == "__main__":
