@@ -69,8 +69,7 @@ def run_isolated(code: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
-def test_torchscript_and_pt2_load_without_mnist_lab(exported, tmp_path):
-    export(exported, formats=["pt2", "torchscript"], check=False)
+def test_torchscript_and_pt2_load_without_mnist_lab(exported, tmp_path):  # written by train(export=true)
     code = f"""
         import warnings, torch
         try:
@@ -146,6 +145,21 @@ def test_predict_folder_with_bad_files(exported, tmp_path, caplog):
     rows = [r.split(",") for r in (tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:]]
     assert [r[0] for r in rows] == ["a_ok.png", "b_big_white.png", "c_broken.png"]
     assert rows[0][1] != "" and rows[1][1] == rows[2][1] == ""
+
+
+def test_reexport_with_fewer_formats_leaves_no_stale_files(exported, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(exported / "checkpoints", run / "checkpoints")
+    export(run, formats=["pt2", "weights"], check=False)
+    files = export(run, formats=["weights"], check=False)
+    assert sorted(p.name for p in (run / "export").iterdir()) == ["model.yaml", "weights.safetensors"]
+    assert yaml.safe_load(files["yaml"].read_text())["files"] == {"weights": "weights.safetensors"}
+    assert f"removed {run / 'export' / 'model.pt2'}: an earlier export's, not in formats=['weights']" in \
+        capsys.readouterr().out
 
 
 def test_predict_npy(exported, tmp_path):

@@ -4,7 +4,8 @@
     python -m mnist_lab.export checkpoint=<run> formats=[onnx,pt2] check=false
     python -m mnist_lab.train export=true                                     # at the end of training
 
-Writes into <checkpoint folder>/export/:
+Writes into <checkpoint folder>/export/ (an earlier export's files of formats left out are removed,
+so model.yaml describes every file there):
     model.onnx            torch.onnx.export's dynamo exporter, one self-contained file, dynamic batch
     model.pt2             torch.export program (torch.export.load(path).module())
     model.torchscript.pt  TorchScript (torch.jit.load); deprecated upstream in favour of .pt2
@@ -14,9 +15,11 @@ Writes into <checkpoint folder>/export/:
 Every graph takes raw pixels and returns class probabilities: input `pixels`, float32 in [0, 255],
 shape (N, 28, 28); output `probabilities`, (N, 10), rows summing to 1. TorchScript and eager also
 take uint8 and (N, 1, 28, 28). Scaling, normalization and softmax are inside, so a consumer needs
-no preprocessing code. With check=true (the default) every format is run on the 10,000 test images
-and compared with the eager model; the export fails if any probability differs by more than 1e-4 or
-any prediction differs, and then leaves export/ as it was (files are staged and checked first).
+no preprocessing code for MNIST-form digits; a person's own images need MNIST's preparation first
+(mnist_lab.prepare, numpy and Pillow only: crop, fit 20x20, centre by mass). With check=true (the
+default) every format is run on the 10,000 test images and compared with the eager model; the
+export fails if any probability differs by more than 1e-4 or any prediction differs, and then
+leaves export/ as it was (files are staged and checked first).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from mnist_lab.models import build_model, summary
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 FORMATS = ("onnx", "pt2", "torchscript", "weights")
+FILES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt",
+         "weights": "weights.safetensors"}
 TOLERANCE = 1e-4
 log = logging.getLogger("mnist_lab.export")
 
@@ -120,6 +125,10 @@ def export(ckpt_path: str | os.PathLike, formats=FORMATS, check: bool = True,
         files = {name: out / path.name for name, path in staged.items()}
         for name, path in staged.items():
             path.replace(files[name])  # only files that passed the check reach the export folder
+        for name, file in FILES.items():  # an earlier export's other formats: model.yaml no longer describes them
+            if name not in files and (out / file).is_file():
+                (out / file).unlink()
+                print(f"removed {out / file}: an earlier export's, not in formats={list(formats)}")
         return files
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -130,20 +139,20 @@ def write_formats(model: nn.Module, net: nn.Module, formats, folder: Path) -> di
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     files: dict[str, Path] = {}
     if "onnx" in formats:
-        files["onnx"] = folder / "model.onnx"
+        files["onnx"] = folder / FILES["onnx"]
         export_onnx(model, example, batch, files["onnx"])
     if "pt2" in formats:
         program = torch.export.export(model, (example,), dynamic_shapes={"pixels": {0: batch}})
-        files["pt2"] = folder / "model.pt2"
+        files["pt2"] = folder / FILES["pt2"]
         torch.export.save(program, files["pt2"])
     if "torchscript" in formats:
-        files["torchscript"] = folder / "model.torchscript.pt"
+        files["torchscript"] = folder / FILES["torchscript"]
         with quiet_torchscript():
             torch.jit.save(torch.jit.script(model), str(files["torchscript"]))
     if "weights" in formats:
         from safetensors.torch import save_file
 
-        files["weights"] = folder / "weights.safetensors"
+        files["weights"] = folder / FILES["weights"]
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(files["weights"]))
     return files
 
@@ -240,7 +249,9 @@ def architecture(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, resul
         "parameters": sum(p.numel() for p in net.parameters()),
         "layers": layers,
         "input": {"name": "pixels", "dtype": "float32 (TorchScript and eager: also uint8)", "range": [0, 255],
-                  "shape": ["N", 28, 28], "note": "white digit on black, as MNIST"},
+                  "shape": ["N", 28, 28], "note": "white digit on black, as MNIST",
+                  "own_images": "from mnist_lab.prepare import prepare_file; prepare_file(path).pixels "
+                                "(numpy + Pillow: MNIST's preparation, box fitted to 20x20, centred by mass)"},
         "output": {"name": "probabilities", "dtype": "float32", "shape": ["N", 10],
                    "note": "softmax over the digits 0-9"},
         "preprocessing_inside": f"x / 255, then (x - {MEAN}) / {STD}; reshaped to {list(net.input_shape)}"
