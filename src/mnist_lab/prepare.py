@@ -47,7 +47,8 @@ class Prepared:
 
 
 def prepare_file(path: str | os.PathLike) -> Prepared:
-    """Read an image file (any format Pillow reads) and prepare it. Unreadable files raise OSError."""
+    """Read an image file (any format Pillow reads) and prepare it. An unreadable file raises OSError
+    (Pillow's UnidentifiedImageError), one beyond Pillow's pixel limit DecompressionBombError."""
     with Image.open(path) as image:
         w, h = image.size
         steps = [f"{w}x{h}"] if (w, h) != (SIDE, SIDE) else []
@@ -86,7 +87,8 @@ def prepare(image: Image.Image | np.ndarray) -> Prepared:
     if contrast < max(MIN_CONTRAST, 4.0 * noise):
         return Prepared(None, steps, f"blank: no digit found (contrast {contrast:.0f} grey levels over the "
                                      f"background, at least {max(MIN_CONTRAST, 4.0 * noise):.0f} needed)")
-    if darker > lighter:  # a dark digit on a light background
+    inverted = darker > lighter  # a dark digit on a light background
+    if inverted:
         gray, smooth, border, background = 255.0 - gray, 255.0 - smooth, 255.0 - border, 255.0 - background
         steps.append("inverted (dark digit on a light background)")
 
@@ -109,7 +111,6 @@ def prepare(image: Image.Image | np.ndarray) -> Prepared:
     level = np.clip((gray - floor) / max(stroke - floor, 1.0), 0.0, 1.0) * 255.0
     near = box_mean(keep.astype(np.float32), max(2, round(0.05 * max(y1 - y0, x1 - x0)))) > 0
     level[~near] = 0.0  # other blobs, specks and noise away from the digit
-    inverted = "inverted (dark digit on a light background)" in steps
     if inverted:  # said in the file's own grey levels
         steps.append(f"contrast stretched ({255 - floor:.0f} and lighter -> 0, {255 - stroke:.0f} and darker -> 255)")
     else:
