@@ -59,7 +59,7 @@ def mnist_form(a: np.ndarray) -> np.ndarray:
     h, w = crop.shape
     s = 20 / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))
-    small = np.asarray(Image.fromarray(crop, mode="F").resize(size, Image.Resampling.BOX))
+    small = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, Image.Resampling.BOX))
     total = small.sum()
     cy = (small.sum(1) @ np.arange(small.shape[0])) / total
     cx = (small.sum(0) @ np.arange(small.shape[1])) / total

@@ -53,7 +53,7 @@ def test_every_mnist_test_digit_passes_preparation_unchanged(real_mnist):
 
 
 def test_rerendered_test_digits_within_2_points(one_epoch, real_mnist, tmp_path):
-    """1,000 real test digits (the first), re-rendered as a person's images: predict's accuracy on them
+    """500 real test digits (the first), re-rendered as a person's images: predict's accuracy on them
     within 2 points of the same model's on the originals."""
     from mnist_lab.export import export
     from mnist_lab.predict import predict, read_idx
@@ -62,7 +62,7 @@ def test_rerendered_test_digits_within_2_points(one_epoch, real_mnist, tmp_path)
     run, _ = one_epoch
     export(run, formats=["onnx"], check=False)
     raw = real_mnist / "MNIST" / "raw"
-    images, labels = read_idx(raw / "t10k-images-idx3-ubyte")[:1000], read_idx(raw / "t10k-labels-idx1-ubyte")[:1000]
+    images, labels = read_idx(raw / "t10k-images-idx3-ubyte")[:500], read_idx(raw / "t10k-labels-idx1-ubyte")[:500]
     np.save(tmp_path / "originals.npy", images)
     write_rerendered(images, labels, tmp_path / "scans", seed=0)
 

@@ -183,7 +183,7 @@ def box_mean(a: np.ndarray, r: int) -> np.ndarray:
 
 def resize(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Float grey levels resized to (width, height); Pillow's filters anti-alias when reducing."""
-    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+    return np.asarray(Image.fromarray(a.astype(np.float32)).resize(size, Image.Resampling.BILINEAR))
 
 
 def centre_of_mass(a: np.ndarray) -> tuple[float, float]:
