@@ -6,11 +6,11 @@
 
 Both sides train the same net (same init, same optimizer: RMSprop lr 1e-3) on the same in-memory
 tensors and the same shuffled batches (mnist_lab's TensorBatches, batch 128). The plain loop is
-forward, cross-entropy, backward, step. mnist_lab's epoch is Trainer.fit's training epoch as
-`python -m mnist_lab.train` runs it (LitClassifier's training metrics, TensorBoard logging, the
-per-step callbacks NonFiniteGuard and GracefulInterrupt), timed from on_train_epoch_start to
-on_train_epoch_end; validation and checkpointing are left out because the plain loop has none.
-Prints medians and the ratio; one JSON line per result.
+forward, cross-entropy, backward, step. mnist_lab's epoch is Trainer.fit's training epoch through the
+Trainer that `python -m mnist_lab.train` builds (mnist_lab.train.build_trainer: its loggers, callbacks
+and plugins, on the composed default config), as its EpochTime callback logs it (`time/epoch_s`, from
+on_train_epoch_start to on_train_epoch_end); validation is switched off (trainer.limit_val_batches=0)
+because the plain loop has none. Prints medians and the ratio; one JSON line per result.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,72 +34,70 @@ def bench_epochs(args) -> list[dict]:
     import lightning as L
     import torch
     import torch.nn.functional as F
-    from lightning.pytorch.loggers import TensorBoardLogger
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
+    from mnist_lab.config import CONF_DIR
     from mnist_lab.data import MNISTDataModule, TensorBatches
-    from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
     from mnist_lab.models import build_model
-    from mnist_lab.module import LitClassifier, build_optimizer
+    from mnist_lab.module import LitClassifier
+    from mnist_lab.optim import build_optimizer
+    from mnist_lab.runs import RunDir
+    from mnist_lab.train import build_trainer
 
     torch.set_num_threads(args.threads)
-    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"  # as train() does on CPU, and as a plain script has it
+    # validation is off here, and each timed fit reuses one temporary run folder
+    warnings.filterwarnings("ignore", message=r".*could not find the monitored key")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    limit = args.batches or None  # None: the whole epoch (430 batches)
     results = []
     for name in args.models:
-        torch.manual_seed(0)
-        shape = build_model(name).input_shape
-        dm = MNISTDataModule(args.data, batch_size=128, val_size=5000, download=False, input_shape=shape)
-        dm.setup()
-        x, y = dm.train_x, dm.train_y
-        limit = args.batches or None  # None: the whole epoch (430 batches)
-
-        def plain_epoch() -> float:
-            torch.manual_seed(0)
-            net = build_model(name)
-            opt = build_optimizer(net.parameters(), "rmsprop", lr=1e-3)
-            batches = TensorBatches(x, y, 128, shuffle=True, seed=0)
-            t0 = time.perf_counter()
-            for i, (xb, yb) in enumerate(batches):
-                if limit and i == limit:
-                    break
-                loss = F.cross_entropy(net(xb), yb)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            return time.perf_counter() - t0
-
-        class EpochTimer(L.Callback):
-            def on_train_epoch_start(self, trainer, module):
-                self.t0 = time.perf_counter()
-
-            def on_train_epoch_end(self, trainer, module):
-                self.seconds = time.perf_counter() - self.t0
-
-        def lightning_epoch(tmp: str) -> float:
-            torch.manual_seed(0)
-            module = LitClassifier(build_model(name), optimizer={"name": "rmsprop", "lr": 1e-3},
-                                   model={"name": name, "init": "torch"})
-            timer = EpochTimer()
-            trainer = L.Trainer(
-                accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=limit, limit_val_batches=0,
-                logger=TensorBoardLogger(tmp, name="", version="", default_hp_metric=False),
-                callbacks=[timer, NonFiniteGuard(), GracefulInterrupt(Path(tmp))],
-                enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
-                num_sanity_val_steps=0,
-            )
-            trainer.fit(module, datamodule=dm)
-            return timer.seconds
-
-        plain, lit = [], []
         with tempfile.TemporaryDirectory() as tmp:
-            plain_epoch(), lightning_epoch(tmp)  # warm-up: first-touch allocations, lazy imports
+            overrides = [f"model={name}", f"data.data_dir={args.data}", "data.download=false", f"output_dir={tmp}",
+                         f"threads={args.threads}", "trainer.max_epochs=1", "trainer.limit_val_batches=0",
+                         "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+                         f"trainer.limit_train_batches={limit or 'null'}"]
+            with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+                cfg = compose(config_name="config", overrides=overrides)
+            plain = OmegaConf.to_container(cfg, resolve=True)
+            torch.manual_seed(0)
+            dm = MNISTDataModule(**plain["data"], input_shape=build_model(name).input_shape, seed=cfg.seed)
+            dm.setup()
+            x, y = dm.train_x, dm.train_y
+            optimizer = {k: v for k, v in plain["optimizer"].items() if v is not None}
+
+            def plain_epoch() -> float:
+                torch.manual_seed(0)
+                net = build_model(**plain["model"])
+                opt = build_optimizer(net.parameters(), **optimizer)
+                batches = TensorBatches(x, y, cfg.data.batch_size, shuffle=True, seed=cfg.seed)
+                t0 = time.perf_counter()
+                for i, (xb, yb) in enumerate(batches):
+                    if limit and i == limit:
+                        break
+                    loss = F.cross_entropy(net(xb), yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                return time.perf_counter() - t0
+
+            def lightning_epoch() -> float:
+                torch.manual_seed(0)
+                module = LitClassifier(build_model(**plain["model"]), optimizer=optimizer, model=plain["model"],
+                                       config=plain)
+                trainer = build_trainer(cfg, RunDir(tmp))
+                trainer.fit(module, datamodule=dm)
+                return float(trainer.callback_metrics["time/epoch_s"])
+
+            plain_s, lit = [], []
+            plain_epoch(), lightning_epoch()  # warm-up: first-touch allocations, lazy imports
             for _ in range(args.repeats):  # alternate, so load from other processes hits both alike
-                plain.append(plain_epoch())
-                lit.append(lightning_epoch(tmp))
-        p, m = statistics.median(plain), statistics.median(lit)
+                plain_s.append(plain_epoch())
+                lit.append(lightning_epoch())
+        p, m = statistics.median(plain_s), statistics.median(lit)
         row = {"model": name, "threads": args.threads, "batches": limit or len(TensorBatches(x, y, 128)),
                "plain_s": round(p, 4), "mnist_lab_s": round(m, 4), "ratio": round(m / p, 3),
-               "plain_all": [round(t, 3) for t in plain], "mnist_lab_all": [round(t, 3) for t in lit],
+               "plain_all": [round(t, 3) for t in plain_s], "mnist_lab_all": [round(t, 3) for t in lit],
                "torch": torch.__version__, "lightning": L.__version__, "cpu": cpu_name()}
         print(f"{name:8s} epoch ({row['batches']} batches of 128, {args.threads} thread(s)): plain {p:.3f} s, "
               f"mnist_lab {m:.3f} s, ratio {m / p:.3f}  (medians of {args.repeats})")
@@ -144,10 +143,12 @@ def cpu_name() -> str:
 
 
 def main() -> None:
+    from mnist_lab.models import MODELS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=os.environ.get("MNIST_LAB_DATA_DIR", "data"),
                         help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA_DIR or data)")
-    parser.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=["mlp", "convnet"])
+    parser.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=sorted(MODELS))
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 gives the steadiest timings)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batches", type=int, default=0, help="batches per timed epoch; 0: all")

@@ -41,7 +41,8 @@ def main() -> None:
     from tests.rerender import write_rerendered
 
     import mnist_lab.predict as predict_module
-    from mnist_lab.predict import predict, read_idx
+    from mnist_lab.idx import read_idx
+    from mnist_lab.predict import predict
 
     raw = Path(args.data) / "MNIST" / "raw"
     images = read_idx(raw / "t10k-images-idx3-ubyte")[: args.n]

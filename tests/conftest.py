@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from mnist_lab.train import CONF_DIR
+from mnist_lab.config import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MNIST = Path(os.environ.get("MNIST_LAB_REAL_DATA", REPO.parent / "shared" / "mnist"))

@@ -1,13 +1,8 @@
 from itertools import product
-from pathlib import Path
 
 import pytest
 
-from mnist_lab.train import CONF_DIR
-
-
-def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+from mnist_lab.config import options
 
 
 @pytest.mark.parametrize("model,optimizer,trainer", list(product(options("model"), options("optimizer"),

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from mnist_lab import data
+from mnist_lab import idx
 from mnist_lab.data import RAW_FILES, DataError, MNISTDataModule, TensorBatches, check_raw_files
 
 
@@ -112,7 +112,7 @@ def test_corrupted_bytes_fail_checksum(broken, monkeypatch):
     # the generated files' own digests stand in for the official ones
     digests = {name: (m, s, hashlib.sha256((raw / name).read_bytes()).hexdigest())
                for name, (m, s, _) in RAW_FILES.items()}
-    monkeypatch.setattr(data, "RAW_FILES", digests)
+    monkeypatch.setattr(idx, "RAW_FILES", digests)
     check_raw_files(root, checksums=True)
     path = raw / "t10k-images-idx3-ubyte"
     blob = bytearray(path.read_bytes())

@@ -34,7 +34,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import mnist_lab.callbacks as callbacks
-from mnist_lab.train import CONF_DIR, train
+from mnist_lab.config import CONF_DIR
+from mnist_lab.train import train
 
 out = Path(sys.argv[1])
 probe = torch.randn(784, dtype=torch.float64, generator=torch.Generator().manual_seed(0))

@@ -22,7 +22,7 @@ from tests.conftest import tiny_overrides
 def exported(request, tiny_mnist, tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
-    from mnist_lab.train import CONF_DIR
+    from mnist_lab.config import CONF_DIR
 
     out = tmp_path_factory.mktemp(request.param)
     overrides = tiny_overrides(tiny_mnist, out) + [f"model={request.param}", "trainer.max_epochs=1", "export=true"]

@@ -1,4 +1,4 @@
-"""What a reader looks at: inspect's numbers and samples, run figures, activations. PNGs checked by size."""
+"""What a reader looks at: explore's numbers and samples, run figures, activations. PNGs checked by size."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from PIL import Image
 
 from mnist_lab.activations import activations
 from mnist_lab.errors import CheckpointError
-from mnist_lab.inspect import describe, inspect, report
+from mnist_lab.explore import describe, explore, report
 from mnist_lab.train import train
 from tests.conftest import make_digits, tiny_overrides
 
@@ -20,8 +20,8 @@ def png_size(path) -> tuple[int, int]:
         return image.size
 
 
-def test_inspect_numbers_equal_the_data(tiny_mnist, tmp_path):
-    result = inspect(str(tiny_mnist), tmp_path, verify_checksums=False)
+def test_explore_numbers_equal_the_data(tiny_mnist, tmp_path):
+    result = explore(str(tiny_mnist), tmp_path, verify_checksums=False)
     train, test = result["stats"]["train"], result["stats"]["test"]
     images, labels = make_digits(600, seed=1)  # what conftest wrote for the training split
     assert train["shape"] == (600, 28, 28) and test["shape"] == (200, 28, 28)
@@ -33,7 +33,7 @@ def test_inspect_numbers_equal_the_data(tiny_mnist, tmp_path):
 
 
 @pytest.mark.real_data
-def test_inspect_real_mnist(real_mnist):
+def test_explore_real_mnist(real_mnist):
     stats = describe(str(real_mnist))
     assert stats["train"]["shape"] == (60_000, 28, 28) and stats["test"]["shape"] == (10_000, 28, 28)
     assert stats["train"]["dtype"] == "uint8" and (stats["train"]["min"], stats["train"]["max"]) == (0, 255)
@@ -45,7 +45,7 @@ def test_inspect_real_mnist(real_mnist):
 def convnet_run(tiny_mnist, tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
-    from mnist_lab.train import CONF_DIR
+    from mnist_lab.config import CONF_DIR
 
     out = tmp_path_factory.mktemp("convnet_run")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -7,7 +7,8 @@ import math
 import torch
 
 from mnist_lab.models import MLP, ConvNet, build_model, summary
-from mnist_lab.module import KerasRMSprop, LitClassifier, build_optimizer
+from mnist_lab.module import LitClassifier
+from mnist_lab.optim import KerasRMSprop, build_optimizer
 
 
 def n_params(net):

@@ -15,7 +15,8 @@ from PIL import Image
 
 from mnist_lab.errors import ConfigError
 from mnist_lab.export import export
-from mnist_lab.predict import predict, read_idx, report
+from mnist_lab.idx import read_idx
+from mnist_lab.predict import predict, report
 from mnist_lab.prepare import SIDE, centre_of_mass, connected, prepare, prepare_file
 from mnist_lab.train import train
 from tests.conftest import make_glyph_mnist, tiny_overrides

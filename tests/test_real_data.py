@@ -43,7 +43,7 @@ def test_one_epoch_reaches_95_percent(one_epoch):
 
 
 def test_every_mnist_test_digit_passes_preparation_unchanged(real_mnist):
-    from mnist_lab.predict import read_idx
+    from mnist_lab.idx import read_idx
     from mnist_lab.prepare import prepare
 
     images = read_idx(real_mnist / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
@@ -56,7 +56,8 @@ def test_rerendered_test_digits_within_2_points(one_epoch, real_mnist, tmp_path)
     """500 real test digits (the first), re-rendered as a person's images: predict's accuracy on them
     within 2 points of the same model's on the originals."""
     from mnist_lab.export import export
-    from mnist_lab.predict import predict, read_idx
+    from mnist_lab.idx import read_idx
+    from mnist_lab.predict import predict
     from tests.rerender import write_rerendered
 
     run, _ = one_epoch

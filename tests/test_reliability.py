@@ -134,7 +134,7 @@ def test_resume_of_a_folder_without_checkpoint(tmp_path, make_cfg, tiny_mnist):
 def trained(tiny_mnist, tmp_path_factory):
     from hydra import compose, initialize_config_dir
 
-    from mnist_lab.train import CONF_DIR
+    from mnist_lab.config import CONF_DIR
 
     out = tmp_path_factory.mktemp("trained")
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

@@ -62,4 +62,4 @@ def test_compare_table_and_png(sweep, capsys):
 
 def test_compare_on_an_empty_folder(tmp_path, capsys):
     assert compare.main([str(tmp_path)]) == 1
-    assert "no TensorBoard runs under" in capsys.readouterr().err
+    assert "no runs under" in capsys.readouterr().err

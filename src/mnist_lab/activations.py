@@ -15,9 +15,9 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from mnist_lab.config import CONF_DIR
 from mnist_lab.errors import CheckpointError
-
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from mnist_lab.runs import RunDir, resolve_checkpoint
 
 
 def feature_maps(net: torch.nn.Module, image: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
@@ -38,11 +38,12 @@ def feature_maps(net: torch.nn.Module, image: torch.Tensor) -> list[tuple[str, t
 
 
 def activations(checkpoint: str, index: int = 0, data_dir: str | None = None) -> Path:
-    from torch.utils.tensorboard import SummaryWriter
-
+    """Draw the feature maps of test image `index` into the run's activations_<index>.png and its loggers;
+    returns the PNG's path."""
     from mnist_lab import plots
     from mnist_lab.data import load_split, to_float
-    from mnist_lab.export import load_net, resolve_checkpoint
+    from mnist_lab.loggers import log_to_run
+    from mnist_lab.module import load_net
 
     ckpt_path = resolve_checkpoint(checkpoint)
     net, ckpt = load_net(ckpt_path)
@@ -61,11 +62,9 @@ def activations(checkpoint: str, index: int = 0, data_dir: str | None = None) ->
     pred = int(net(x.reshape(1, 1, 28, 28)).argmax())
     fig = plots.feature_maps(images[index].numpy(), [(n, m.numpy()) for n, m in maps],
                              label=f"test {index}: label {int(labels[index])}, predicted {pred}")
-    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
-    writer = SummaryWriter(str(run_dir))
-    writer.add_figure(f"activations/test_{index}", fig, global_step=int(ckpt.get("global_step", 0)), close=False)
-    writer.close()
-    return plots.save(fig, run_dir / f"activations_{index}.png")
+    run = RunDir.holding(ckpt_path)
+    log_to_run(run, config, f"activations/test_{index}", fig, step=int(ckpt.get("global_step", 0)))
+    return plots.save(fig, run.figure(f"activations_{index}"))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="activations", version_base="1.3")

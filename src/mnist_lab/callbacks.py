@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from mnist_lab.data import MEAN, STD
+from mnist_lab.runs import RunDir
 
 
 class EpochTime(L.Callback):
@@ -31,35 +32,24 @@ class EpochTime(L.Callback):
 class HistoryPlot(L.Callback):
     """At the end of fit, history.png in the run folder: loss and accuracy per epoch, train and val.
 
-    Read back from the run's TensorBoard events, so a resumed run's plot covers all its epochs.
+    Read back from what the run's loggers wrote (loggers.read_scalars), so a resumed run's plot covers
+    all its epochs.
     """
 
     TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
     def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
+        self.run = RunDir(run_dir)
 
     def on_fit_end(self, trainer, module) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
             return
-        import logging
-
-        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
         from mnist_lab import plots
+        from mnist_lab.loggers import read_scalars
 
-        logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after ..." is expected
-        if trainer.logger is not None and hasattr(trainer.logger, "experiment"):
-            trainer.logger.experiment.flush()
-        events = EventAccumulator(str(self.run_dir), size_guidance={"scalars": 0})
-        events.Reload()
-        tags = set(events.Tags()["scalars"])
-        series = {}
-        for tag in self.TAGS:
-            if tag in tags:
-                by_step = {e.step: e.value for e in events.Scalars(tag)}  # a resumed epoch logs once
-                series[tag] = [by_step[s] for s in sorted(by_step)]
-        plots.save(plots.history(series), self.run_dir / "history.png")
+        for logger in trainer.loggers:
+            logger.save()  # flush what is buffered
+        plots.save(plots.history(read_scalars(self.run.path, self.TAGS)), self.run.figure("history"))
 
 
 class TestFigures(L.Callback):
@@ -71,8 +61,8 @@ class TestFigures(L.Callback):
       mistakes.png (the most confident mistakes).
     """
 
-    def __init__(self, run_dir: Path | None = None, n: int = 32, normalized: bool = True):
-        self.run_dir, self.n = (Path(run_dir) if run_dir else None), n
+    def __init__(self, run_dir: Path, n: int = 32, normalized: bool = True):
+        self.run, self.n = RunDir(run_dir), n
         self.mean, self.std = (MEAN, STD) if normalized else (0.0, 1.0)  # to undo data.normalize
 
     def on_test_epoch_start(self, trainer, module) -> None:
@@ -101,6 +91,7 @@ class TestFigures(L.Callback):
         if not trainer.is_global_zero or not self.labels:
             return
         from mnist_lab import plots
+        from mnist_lab.loggers import log_figure
 
         labels, probs = torch.cat(self.labels).numpy(), torch.cat(self.probs).numpy()
         preds = probs.argmax(1)
@@ -110,19 +101,13 @@ class TestFigures(L.Callback):
                                 title="test predictions: predicted (true), mistakes in red")
         matrix, _ = module.test_confusion.plot(confusion)
         matrix.set_size_inches(6, 6)
-        writer = getattr(trainer.logger, "experiment", None)
-        if writer is not None and hasattr(writer, "add_figure"):
-            writer.add_figure("test/predictions", grid, trainer.global_step, close=False)
-            writer.add_figure("test/confusion_matrix", matrix, trainer.global_step, close=False)
-        if self.run_dir is not None:
-            plots.save(matrix, self.run_dir / "confusion_matrix.png")
-            counts = confusion.sum(1).numpy()
-            accuracy = confusion.diag().numpy() / np.maximum(counts, 1)  # per-class recall = accuracy
-            plots.save(plots.per_class(accuracy, counts), self.run_dir / "per_class.png")
-            wrong_images = torch.cat(self.wrong_images).numpy()
-            order = torch.cat(self.wrong_index).numpy()
-            plots.save(plots.mistakes(wrong_images, labels[order], probs[order]), self.run_dir / "mistakes.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(grid)
-        plt.close(matrix)
+        log_figure(trainer.loggers, "test/predictions", grid, trainer.global_step)
+        log_figure(trainer.loggers, "test/confusion_matrix", matrix, trainer.global_step)
+        plots.close(grid)
+        plots.save(matrix, self.run.figure("confusion_matrix"))
+        counts = confusion.sum(1).numpy()
+        accuracy = confusion.diag().numpy() / np.maximum(counts, 1)  # per-class recall = accuracy
+        plots.save(plots.per_class(accuracy, counts), self.run.figure("per_class"))
+        wrong_images = torch.cat(self.wrong_images).numpy()
+        order = torch.cat(self.wrong_index).numpy()
+        plots.save(plots.mistakes(wrong_images, labels[order], probs[order]), self.run.figure("mistakes"))

@@ -1,12 +1,14 @@
-"""Summarise a sweep from its TensorBoard event files.
+"""Summarise a sweep from its run folders.
 
     python -m mnist_lab.train -m model=mlp,convnet seed=0,1      # writes outputs/sweeps/<time>/
     python -m mnist_lab.compare outputs/sweeps/<time>             # prints the table, writes val_curves.png
 
-Reads each run's events with tensorboard's own EventAccumulator. A variant is a run's model plus its
-overrides other than the seed; runs of one variant with different seeds are averaged (mean ± sample
-std). Columns: parameters, best val accuracy, test accuracy, seconds per training epoch (median).
-The PNG (in the sweep folder) shows every run's validation accuracy per epoch, one colour a variant.
+Reads each run's logged scalars back with mnist_lab.loggers.read_scalars. A variant is a run's model
+plus its overrides other than the seed and the keys its sweep left out of the run folders' names
+(hydra.job.config.override_dirname.exclude_keys); runs of one variant with different seeds are
+averaged (mean ± sample std). Columns: parameters, best val accuracy, test accuracy, seconds per
+training epoch (median). The PNG (in the sweep folder) shows every run's validation accuracy per
+epoch, one colour a variant.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-IGNORED = ("seed", "data.data_dir", "output_dir", "threads", "trainer.enable_progress_bar", "model")
+from mnist_lab import runs
 
 
 @dataclass
@@ -33,31 +35,38 @@ class Run:
 
 
 def find_runs(sweep: Path) -> list[Path]:
-    return sorted({p.parent for p in sweep.rglob("events.out.tfevents.*")})
+    """The run folders under `sweep`: those holding a config.yaml."""
+    return sorted(p.parent for p in sweep.rglob(runs.CONFIG) if ".hydra" not in p.relative_to(sweep).parts)
 
 
 def read_run(path: Path) -> Run:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from mnist_lab.loggers import read_scalars
 
-    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
-
-    def values(tag: str) -> list[float]:
-        return [e.value for e in events.Scalars(tag)] if tag in tags else []
-
-    config = yaml.safe_load((path / "config.yaml").read_text()) if (path / "config.yaml").is_file() else {}
+    run = runs.RunDir(path)
+    config = yaml.safe_load(run.config.read_text()) or {}
     model = config.get("model", {}).get("name", "?")
-    overrides_file = path / ".hydra" / "overrides.yaml"
-    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
-    rest = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in IGNORED]
-    test = values("test/acc")
-    epoch_s = values("time/epoch_s")
-    return Run(path, " ".join([model, *rest]), count_params(config.get("model", {})), values("val/acc"),
+    hydra_dir = path / ".hydra"
+    overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) if (hydra_dir / "overrides.yaml").is_file() \
+        else []
+    ignored = {"seed", "model", *left_out_of_names(hydra_dir / "hydra.yaml")}
+    rest = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in ignored]
+    scalars = read_scalars(path, ("val/acc", "test/acc", "time/epoch_s"))
+    test, epoch_s = scalars.get("test/acc"), scalars.get("time/epoch_s")
+    return Run(path, " ".join([model, *rest]), count_params(config.get("model", {})), scalars.get("val/acc", []),
                test[-1] if test else None, statistics.median(epoch_s) if epoch_s else None)
 
 
+def left_out_of_names(hydra_yaml: Path) -> list[str]:
+    """The keys a sweep left out of its run folders' names, from the run's record of its Hydra config."""
+    if not hydra_yaml.is_file():
+        return []
+    record = yaml.safe_load(hydra_yaml.read_text()) or {}
+    return list(record.get("hydra", {}).get("job", {}).get("config", {}).get("override_dirname", {})
+                .get("exclude_keys", []))
+
+
 def count_params(model: dict) -> int:
+    """The parameter count of the net that a run's model config builds (0 without one)."""
     if not model:
         return 0
     from mnist_lab.models import build_model
@@ -66,6 +75,7 @@ def count_params(model: dict) -> int:
 
 
 def mean_std(xs: list[float], digits: int = 4) -> str:
+    """"mean ± sample std" of `xs`, the value alone for one, "-" for none."""
     if not xs:
         return "-"
     if len(xs) == 1:
@@ -73,9 +83,10 @@ def mean_std(xs: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
 
 
-def table(runs: list[Run]) -> str:
+def table(found: list[Run]) -> str:
+    """The Markdown table: one row per variant."""
     variants: dict[str, list[Run]] = {}
-    for r in runs:
+    for r in found:
         variants.setdefault(r.variant, []).append(r)
     lines = ["| variant | parameters | runs | best val acc | test acc | s / epoch |", "|-|-|-|-|-|-|"]
     for name, rs in variants.items():
@@ -87,33 +98,11 @@ def table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(runs: list[Run], path: Path) -> None:
-    import matplotlib
+def plot_curves(found: list[Run], path: Path) -> Path:
+    """val_curves.png: every run's validation accuracy per epoch, one colour a variant."""
+    from mnist_lab import plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {}
-    for r in runs:
-        if not r.val_acc:
-            continue
-        colour = colours.setdefault(r.variant, f"C{len(colours)}")
-        ax.plot(range(1, len(r.val_acc) + 1), r.val_acc, marker="o", color=colour, alpha=0.85,
-                label=r.variant if r.variant not in ax.get_legend_handles_labels()[1] else None)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"validation accuracy per epoch ({len(runs)} runs)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    return plots.save(plots.val_curves([(r.variant, r.val_acc) for r in found]), path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,13 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     paths = find_runs(args.sweep)
     if not paths:
-        print(f"no TensorBoard runs under {args.sweep}: give a folder written by python -m mnist_lab.train -m",
-              file=sys.stderr)
+        print(f"no runs under {args.sweep} (no folder with a {runs.CONFIG}): give a folder written by "
+              "python -m mnist_lab.train -m", file=sys.stderr)
         return 1
-    runs = [read_run(p) for p in paths]
-    print(table(runs))
+    found = [read_run(p) for p in paths]
+    print(table(found))
     png = args.png or args.sweep / "val_curves.png"
-    plot_curves(runs, png)
+    plot_curves(found, png)
     print(f"validation curves: {png}")
     return 0
 

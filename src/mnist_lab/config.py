@@ -1,4 +1,5 @@
-"""Typed configs, registered with Hydra: a misspelled key or a wrong type fails at composition.
+"""Typed configs, registered with Hydra, and every check of a config: a misspelled key or a wrong type
+fails at composition (or, on the command line, with a suggestion), a value that cannot work in validate().
 
 The yaml in conf/ selects and fills these; `python -m mnist_lab.train --cfg job` shows the result.
 """
@@ -7,9 +8,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+
+from mnist_lab.errors import ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # conf/ beside src/: config groups, commands
 
 
 @dataclass
@@ -24,13 +30,13 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "mlp"  # mlp | convnet
-    init: str = "torch"  # torch (kaiming-uniform) | keras (glorot-uniform weights, zero biases)
+    name: str = "mlp"  # a name in models.MODELS; conf/model/ has a yaml for each
+    init: str = "torch"  # torch (kaiming-uniform) or keras (glorot-uniform weights, zero biases): models.INITS
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "rmsprop"  # rmsprop | keras_rmsprop | adam | sgd
+    name: str = "rmsprop"  # a name in optim.OPTIMIZERS; conf/optimizer/ has a yaml for each
     lr: float = 1e-3  # Keras's RMSprop default; torch's RMSprop default (1e-2) is too high here
     # Optional extras, passed to the optimizer when set (None: the optimizer's own default).
     alpha: float | None = None  # rmsprop's smoothing (torch: 0.99)
@@ -75,27 +81,31 @@ class Config:
 
 
 def default_threads() -> int:
-    # All cores: one competing process slowed steps 3.6x on 2 cores. Half leaves room for it.
+    """Half the cores this process may use, at least 1: a competing process then cannot slow every
+    step by taking a core that a thread waits on (README, Threads)."""
     return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
-MODEL_NAMES = ("mlp", "convnet")
-OPTIMIZER_NAMES = ("rmsprop", "keras_rmsprop", "adam", "sgd")
+def options(group: str) -> list[str]:
+    """The choices of a config group: the yaml files in conf/<group>/."""
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
 def validate(cfg: Any) -> None:
     """Raise ConfigError naming the first key whose value cannot work. Reads no data, writes nothing."""
-    from mnist_lab.errors import ConfigError
+    from mnist_lab.idx import train_size
+    from mnist_lab.models import INITS, MODELS
+    from mnist_lab.optim import OPTIMIZERS
 
     def bad(key: str, value: Any, want: str) -> None:
         raise ConfigError(f"{key}={value} is invalid: {want}")
 
-    if cfg.model.name not in MODEL_NAMES:
-        bad("model.name", cfg.model.name, f"choose one of {', '.join(MODEL_NAMES)} (or model=<name>)")
-    if cfg.model.init not in ("torch", "keras"):
-        bad("model.init", cfg.model.init, "choose torch or keras")
-    if cfg.optimizer.name not in OPTIMIZER_NAMES:
-        bad("optimizer.name", cfg.optimizer.name, f"choose one of {', '.join(OPTIMIZER_NAMES)}")
+    if cfg.model.name not in MODELS:
+        bad("model.name", cfg.model.name, f"choose one of {', '.join(sorted(MODELS))} (or model=<name>)")
+    if cfg.model.init not in INITS:
+        bad("model.init", cfg.model.init, f"choose {' or '.join(INITS)}")
+    if cfg.optimizer.name not in OPTIMIZERS:
+        bad("optimizer.name", cfg.optimizer.name, f"choose one of {', '.join(OPTIMIZERS)}")
     if not cfg.optimizer.lr > 0:
         bad("optimizer.lr", cfg.optimizer.lr, "the learning rate must be > 0 (the default is 1e-3)")
     if cfg.data.batch_size < 1:
@@ -110,15 +120,67 @@ def validate(cfg: Any) -> None:
         bad("threads", cfg.threads, "use >= 1 CPU threads, or null for the default")
 
 
-def train_size(data_dir: str) -> int:
-    """The number of training images, from the label file's header when present (MNIST: 60,000)."""
-    path = os.path.join(os.path.expanduser(data_dir), "MNIST", "raw", "train-labels-idx1-ubyte")
-    try:
-        with open(path, "rb") as f:
-            header = f.read(8)
-        return int.from_bytes(header[4:8], "big") if len(header) == 8 else 60_000
-    except OSError:
-        return 60_000
+# What resume= may change: where the data is and how the run shows itself, never what it computes.
+RESUME_MAY_SET = ("threads", "trainer.enable_progress_bar", "data.data_dir")
+
+
+def check_launch(cfg: Any) -> None:
+    """Checks that need Hydra's view of the launch (run inside @hydra.main): resume= takes no other
+    overrides, and Lightning's `ddp` re-launch is refused under --multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if cfg.get("resume"):  # the saved config is used: other overrides would silently not apply
+        allowed = ("resume", *RESUME_MAY_SET)
+        extra = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in allowed]
+        if extra:
+            raise ConfigError(f"resume= continues a run with its saved config; drop {' '.join(extra)} "
+                              "(or start a new run with them)")
+    # Lightning's `ddp` starts the other ranks by re-running the command line: under --multirun that is the
+    # whole sweep again, in every rank, and the ranks of one job may get different hyperparameters.
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    several = cfg.trainer.num_nodes > 1 or str(cfg.trainer.devices) not in ("1", "auto")
+    if (hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.strategy == "ddp" and several
+            and "Slurm" not in launcher and "SLURM_NTASKS" not in os.environ):
+        raise ConfigError("trainer.strategy=ddp under --multirun would re-run the whole sweep in every rank: "
+                          "use trainer.strategy=ddp_spawn for a local sweep, or hydra/launcher=slurm")
+
+
+def check_keys(overrides: list[str]) -> None:
+    """Raise ConfigError for a command-line key that is neither a config field nor a config group, or a
+    group choice that has no yaml; the message suggests the closest key."""
+    import difflib
+
+    fields = set(flat_keys(Config))
+    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key in groups and "=" in override:
+            choices = options(key)
+            for value in override.split("=", 1)[1].strip("[]").split(","):
+                if value and value not in choices + ["null"] and not value.startswith(("glob(", "range(", "choice(")):
+                    raise ConfigError(f"{key}={value}: no such option; choose one of {', '.join(choices)}")
+        if "=" not in override or key.startswith("hydra") or key in fields or key in groups:
+            continue
+        close = difflib.get_close_matches(key, sorted(fields | groups), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "python -m mnist_lab.train --cfg job lists the keys"
+        raise ConfigError(f"unknown config key {key!r} in {override!r}: {hint}")
+
+
+def flat_keys(schema: type, prefix: str = "") -> list[str]:
+    """All dotted keys of a config dataclass: data, data.batch_size, ..."""
+    import dataclasses
+    import typing
+
+    keys = []
+    for name, hint in typing.get_type_hints(schema).items():
+        keys.append(prefix + name)
+        for kind in (hint, *typing.get_args(hint)):  # X, or the X of `X | None`
+            if dataclasses.is_dataclass(kind):
+                keys += flat_keys(kind, prefix + name + ".")
+                break
+    return keys
 
 
 def gpus_per_node(accelerator: str, devices: Any) -> Any:

@@ -1,12 +1,11 @@
 """MNIST as in-memory tensors: torchvision's files, checked, then batches sliced from tensors.
 
-torchvision's per-sample pipeline (PIL image -> ToTensor -> collate) made an epoch 6.6x slower than
-a plain loop; here the images become normalized float tensors once, and a batch is one index op.
+torchvision's per-sample pipeline (a PIL image, ToTensor and collate for every image) does Python work
+per image; here the images become normalized float tensors once, and a batch is one index op.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,68 +13,10 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mnist_lab.errors import ConfigError, DataError
+from mnist_lab.errors import DataError
+from mnist_lab.idx import RAW_FILES, check_raw_files, raw_folder
 
 MEAN, STD = 0.1307, 0.3081  # of the 60,000 training images, scaled to [0, 1]
-
-# name -> (IDX magic number, shape, SHA-256 of the official file)
-RAW_FILES = {
-    "train-images-idx3-ubyte": (2051, (60000, 28, 28),
-                                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    "train-labels-idx1-ubyte": (2049, (60000,),
-                                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    "t10k-images-idx3-ubyte": (2051, (10000, 28, 28),
-                               "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    "t10k-labels-idx1-ubyte": (2049, (10000,),
-                               "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
-}
-
-
-def raw_folder(data_dir: str | os.PathLike) -> Path:
-    return Path(data_dir).expanduser().resolve() / "MNIST" / "raw"
-
-
-def check_raw_files(data_dir: str | os.PathLike, checksums: bool = True) -> None:
-    """Raise DataError unless the four raw IDX files are present and whole.
-
-    Always checks each header (magic number, dimensions) against the file size; with `checksums`
-    also the SHA-256 of the official files (off for generated test data).
-    """
-    folder = raw_folder(data_dir)
-    missing = [name for name in RAW_FILES if not (folder / name).is_file()]
-    if missing:
-        raise DataError(
-            f"MNIST not found: {folder} lacks {', '.join(missing)}. Place the four raw IDX files "
-            f"({', '.join(RAW_FILES)}) there, or set data.data_dir= (or MNIST_LAB_DATA_DIR) "
-            "to a folder holding MNIST/raw/, or go online with data.download=true."
-        )
-    for name, (magic, shape, sha256) in RAW_FILES.items():
-        path = folder / name
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            header = f.read(4)
-            got_magic = int.from_bytes(header, "big") if len(header) == 4 else None
-            ndim = len(shape)
-            dims_raw = f.read(4 * ndim)
-        if got_magic != magic:
-            raise DataError(
-                f"{path} is not an MNIST IDX file: magic number {got_magic}, expected {magic}. "
-                "Replace it with the original file."
-            )
-        dims = [int.from_bytes(dims_raw[4 * i : 4 * i + 4], "big") for i in range(len(dims_raw) // 4)]
-        expected_size = 4 + 4 * ndim + (torch.tensor(dims).prod().item() if len(dims) == ndim else 0)
-        if len(dims) != ndim or size != expected_size:
-            raise DataError(
-                f"{path} is truncated or padded: {size} bytes, its header promises {expected_size}. "
-                "Replace it with the original file."
-            )
-        if checksums:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != sha256:
-                raise DataError(
-                    f"{path} is corrupted: SHA-256 {digest[:12]}..., expected {sha256[:12]}... "
-                    "Replace it with the original file (or data.verify_checksums=false for your own IDX data)."
-                )
 
 
 def load_split(data_dir: str | os.PathLike, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -205,10 +146,7 @@ class MNISTDataModule(L.LightningDataModule):
         if self.test_x is not None:
             return
         check_raw_files(self.data_dir, checksums=False)  # cheap; prepare_data runs on rank 0 only
-        images, labels = load_split(self.data_dir, train=True)
-        if not 0 <= self.val_size < len(labels):
-            raise ConfigError(f"data.val_size={self.val_size} leaves no training images of {len(labels)}: "
-                              f"choose 0 <= data.val_size < {len(labels)}")
+        images, labels = load_split(self.data_dir, train=True)  # val_size is checked by config.validate
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
         val, train = order[: self.val_size], order[self.val_size :]
         x = self._shape(images)

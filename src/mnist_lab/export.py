@@ -35,16 +35,15 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from mnist_lab.config import CONF_DIR
 from mnist_lab.data import MEAN, STD
-from mnist_lab.errors import CheckpointError, ExportCheckError
+from mnist_lab.errors import ExportCheckError
 from mnist_lab.models import build_model, summary
+from mnist_lab.module import load_net
+from mnist_lab.runs import EXPORT_FILES, RunDir, resolve_checkpoint
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-FORMATS = ("onnx", "pt2", "torchscript", "weights")
-FILES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt",
-         "weights": "weights.safetensors"}
+FORMATS = ("onnx", "pt2", "torchscript", "weights")  # their file names: runs.EXPORT_FILES
 TOLERANCE = 1e-4
-log = logging.getLogger("mnist_lab.export")
 
 
 class Deployable(nn.Module):
@@ -66,37 +65,9 @@ class Deployable(nn.Module):
         return torch.softmax(self.net(x), dim=1)
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A .ckpt file, or a run folder (its checkpoints/best.ckpt)."""
-    path = Path(path).expanduser()
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.ckpt", path / "best.ckpt"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{path} holds no checkpoints/best.ckpt: give a run folder of python -m "
-                              "mnist_lab.train or a .ckpt file")
-    return path
-
-
 def normalizes(ckpt: dict) -> bool:
     """Whether the checkpoint's net was trained on standardized inputs (data.normalize)."""
     return bool((ckpt["hyper_parameters"].get("config") or {}).get("data", {}).get("normalize", True))
-
-
-def load_net(ckpt_path: Path) -> tuple[nn.Module, dict]:
-    """The plain net of an mnist_lab checkpoint (weights_only load, checked), in eval mode."""
-    from mnist_lab.module import load_checkpoint
-
-    ckpt = load_checkpoint(ckpt_path)
-    model = ckpt["hyper_parameters"]["model"]
-    net = build_model(**model)
-    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{ckpt_path}: its weights do not fit a {model['name']} "
-                              f"({str(err).splitlines()[0]}); use a checkpoint written by mnist_lab.train") from None
-    return net.eval(), ckpt
 
 
 def export(ckpt_path: str | os.PathLike, formats=FORMATS, check: bool = True,
@@ -110,49 +81,51 @@ def export(ckpt_path: str | os.PathLike, formats=FORMATS, check: bool = True,
         raise ConfigError(f"formats={list(formats)}: unknown {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     net, ckpt = load_net(ckpt_path)
     model = Deployable(net, normalizes(ckpt)).eval()
-    out = ckpt_path.parent.parent / "export" if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent / "export"
+    out = RunDir.holding(ckpt_path).export
     staging = out / f".staging-{os.getpid()}"  # written and checked here, then moved into place
     staging.mkdir(parents=True, exist_ok=True)
     try:
         staged = write_formats(model, net, formats, staging)
         data_dir = data_dir or ckpt["hyper_parameters"].get("config", {}).get("data", {}).get("data_dir", "data")
-        results = verify(model, staged, data_dir) if check else {}
+        results = verify(model, staged, data_dir, ckpt["hyper_parameters"]["model"]) if check else {}
         import yaml
 
-        card = architecture(net, ckpt_path, ckpt, staged, results)
-        staged["yaml"] = staging / "model.yaml"
+        card = model_card(net, ckpt_path, ckpt, staged, results)
+        staged["yaml"] = staging / EXPORT_FILES["yaml"]
         staged["yaml"].write_text(yaml.safe_dump(card, sort_keys=False))
         files = {name: out / path.name for name, path in staged.items()}
         for name, path in staged.items():
             path.replace(files[name])  # only files that passed the check reach the export folder
-        for name, file in FILES.items():  # an earlier export's other formats: model.yaml no longer describes them
-            if name not in files and (out / file).is_file():
-                (out / file).unlink()
-                print(f"removed {out / file}: an earlier export's, not in formats={list(formats)}")
+        for name in FORMATS:  # an earlier export's other formats: model.yaml no longer describes them
+            file = out / EXPORT_FILES[name]
+            if name not in files and file.is_file():
+                file.unlink()
+                print(f"removed {file}: an earlier export's, not in formats={list(formats)}")
         return files
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_formats(model: nn.Module, net: nn.Module, formats, folder: Path) -> dict[str, Path]:
+    """Write each format of `formats` into `folder`; returns {format: file}."""
     example = torch.rand(4, 28, 28) * 255
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     files: dict[str, Path] = {}
     if "onnx" in formats:
-        files["onnx"] = folder / FILES["onnx"]
+        files["onnx"] = folder / EXPORT_FILES["onnx"]
         export_onnx(model, example, batch, files["onnx"])
     if "pt2" in formats:
         program = torch.export.export(model, (example,), dynamic_shapes={"pixels": {0: batch}})
-        files["pt2"] = folder / FILES["pt2"]
+        files["pt2"] = folder / EXPORT_FILES["pt2"]
         torch.export.save(program, files["pt2"])
     if "torchscript" in formats:
-        files["torchscript"] = folder / FILES["torchscript"]
+        files["torchscript"] = folder / EXPORT_FILES["torchscript"]
         with quiet_torchscript():
             torch.jit.save(torch.jit.script(model), str(files["torchscript"]))
     if "weights" in formats:
         from safetensors.torch import save_file
 
-        files["weights"] = folder / FILES["weights"]
+        files["weights"] = folder / EXPORT_FILES["weights"]
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(files["weights"]))
     return files
 
@@ -189,8 +162,10 @@ def load_test_pixels(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
     return images.to(torch.float32), labels
 
 
-def verify(model: nn.Module, files: dict[str, Path], data_dir: str) -> dict[str, dict]:
-    """Run each exported format on the test images; compare with eager. Raises ExportCheckError."""
+def verify(model: nn.Module, files: dict[str, Path], data_dir: str, model_cfg: dict) -> dict[str, dict]:
+    """Run each exported format on the test images and compare with eager (`model`, a Deployable of the
+    net that `model_cfg` builds); returns {format: max_abs_diff, disagreements, test_acc}. Raises
+    ExportCheckError on the first format that differs."""
     pixels, labels = load_test_pixels(data_dir)
     with torch.no_grad():
         reference = torch.cat([model(chunk) for chunk in pixels.split(1000)])
@@ -209,7 +184,7 @@ def verify(model: nn.Module, files: dict[str, Path], data_dir: str) -> dict[str,
     if "weights" in files:
         from safetensors.torch import load_file
 
-        net = build_model(_name(model.net))
+        net = build_model(**model_cfg)
         net.load_state_dict(load_file(str(files["weights"])))
         runners["weights"] = Deployable(net.eval(), normalize=model.std != 1.0)  # as `model` does
     results = {}
@@ -230,13 +205,9 @@ def verify(model: nn.Module, files: dict[str, Path], data_dir: str) -> dict[str,
     return results
 
 
-def _name(net: nn.Module) -> str:
-    from mnist_lab.models import MODELS
-
-    return next(name for name, cls in MODELS.items() if isinstance(net, cls))
-
-
-def architecture(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, results: dict) -> dict:
+def model_card(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, results: dict) -> dict:
+    """model.yaml's contents: the architecture (layers from the summary table), the input/output contract,
+    where the weights came from, the files and the check's figures."""
     layers = []
     for line in summary(net).splitlines():
         parts = line.split()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import signal
 from pathlib import Path
 
@@ -11,30 +10,27 @@ import lightning as L
 import torch
 
 from mnist_lab.errors import Interrupted, TrainingError
+from mnist_lab.runs import RunDir, atomic_path
 
 
 def save_atomically(trainer: L.Trainer, path: Path) -> None:
-    """trainer.save_checkpoint to a temporary name, then rename: a kill mid-write leaves the old file."""
-    tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp, weights_only=False)  # the full state: optimizer and loops included
-    if trainer.is_global_zero:
-        os.replace(tmp, path)
+    """trainer.save_checkpoint through runs.atomic_path: a kill mid-write leaves the old file. Every rank
+    calls it; rank 0 writes."""
+    with atomic_path(path, commit=trainer.is_global_zero) as tmp:
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state: optimizer and loops included
 
 
 class NonFiniteGuard(L.Callback):
     """Stops training at the first step whose loss is NaN or infinite, naming the step.
 
-    The check stays on the device and is read every `every` steps (1 on CPU: exact and free), so a
-    GPU run does not sync with the host each step; the error still names the first bad step.
-    The best checkpoint written so far is kept.
+    The check stays on the device and is read every 50 steps on a GPU, so the run does not sync with
+    the host each step (on CPU every step: reading the loss is free there); the error still names the
+    first bad step. The best checkpoint written so far is kept.
     """
-
-    def __init__(self, every: int | None = None):
-        self.every = every
 
     def on_train_start(self, trainer, module) -> None:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=module.device)
-        self.period = self.every or (1 if module.device.type == "cpu" else 50)
+        self.period = 1 if module.device.type == "cpu" else 50
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
@@ -91,7 +87,7 @@ class GracefulInterrupt(L.Callback):
         if self.received is None:
             return
         name = signal.Signals(self.received).name
-        path = self.run_dir / "checkpoints" / "last.ckpt"
+        path = RunDir(self.run_dir).last_ckpt
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomically(trainer, path)
         self._restore()

@@ -1,11 +1,36 @@
-"""Plain nn.Modules. Each returns logits and declares the input shape it wants (without the batch)."""
+"""Plain nn.Modules. Each returns logits and declares the input shape it wants (without the batch).
+
+A model is a class registered under its name plus conf/model/<name>.yaml (`name: <name>`):
+
+    @register("tiny")
+    class Tiny(nn.Sequential):
+        input_shape = (784,)
+        ...
+
+MODELS is the one list: the config check, checkpoint loading, export and compare all read it.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
+MODELS: dict[str, type[nn.Module]] = {}
 
+
+def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """A class decorator: MODELS[name] = the class, so model.name=<name> builds it."""
+
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        MODELS[name] = cls
+        return cls
+
+    return add
+
+
+@register("mlp")
 class MLP(nn.Sequential):
     """The Keras tutorial's model: Dense(512, relu) -> Dense(10, softmax), 407,050 parameters.
 
@@ -14,13 +39,14 @@ class MLP(nn.Sequential):
 
     input_shape = (784,)
 
-    def __init__(self, hidden: int = 512, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10):
         super().__init__()
-        self.image = nn.Linear(784, hidden)  # 784 * 512 + 512 = 401,920
+        self.image = nn.Linear(784, 512)  # 784 * 512 + 512 = 401,920
         self.relu = nn.ReLU()
-        self.prediction = nn.Linear(hidden, num_classes)  # 512 * 10 + 10 = 5,130
+        self.prediction = nn.Linear(512, num_classes)  # 512 * 10 + 10 = 5,130
 
 
+@register("convnet")
 class ConvNet(nn.Sequential):
     """Deep Learning with R, p.112: conv 32-64-64 3x3, max pooling, dense 64, dense 10; 93,322 parameters."""
 
@@ -42,9 +68,6 @@ class ConvNet(nn.Sequential):
         self.prediction = nn.Linear(64, num_classes)
 
 
-MODELS: dict[str, type[nn.Module]] = {"mlp": MLP, "convnet": ConvNet}
-
-
 def keras_init_(net: nn.Module) -> nn.Module:
     """Keras's defaults: glorot-uniform weights, zero biases (torch: kaiming-uniform, uniform bias)."""
     for m in net.modules():
@@ -54,11 +77,11 @@ def keras_init_(net: nn.Module) -> nn.Module:
     return net
 
 
+INITS = ("torch", "keras")  # model.init: torch's own initialization, or keras_init_
+
+
 def build_model(name: str, init: str = "torch") -> nn.Module:
-    if name not in MODELS:
-        raise ValueError(f"model.name={name!r} is unknown: choose one of {', '.join(MODELS)}")
-    if init not in ("torch", "keras"):
-        raise ValueError(f"model.init={init!r} is unknown: choose torch or keras")
+    """A new MODELS[name], initialized as `init` says (both checked by config.validate)."""
     net = MODELS[name]()
     return keras_init_(net) if init == "keras" else net
 

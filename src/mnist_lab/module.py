@@ -1,4 +1,4 @@
-"""LitClassifier: one LightningModule around a plain net: loss, metrics, optimizer, TensorBoard hparams."""
+"""LitClassifier: one LightningModule around a plain net: loss, metrics, optimizer; checkpoint loading."""
 
 from __future__ import annotations
 
@@ -13,53 +13,9 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
+from mnist_lab import models
 from mnist_lab.errors import CheckpointError
-from mnist_lab.models import MODELS, build_model
-
-
-class KerasRMSprop(torch.optim.Optimizer):
-    """RMSprop as Keras applies it: v = rho*v + (1-rho)*g^2; p -= lr * g / sqrt(v + eps).
-
-    torch.optim.RMSprop puts eps outside the root (g / (sqrt(v) + eps)), and its defaults differ too
-    (lr 1e-2, alpha 0.99, eps 1e-8). With eps = 1e-7 inside the root, small gradients take
-    smaller steps than torch's formula gives.
-    """
-
-    def __init__(self, params, lr: float = 1e-3, rho: float = 0.9, eps: float = 1e-7):
-        super().__init__(params, dict(lr=lr, rho=rho, eps=eps))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            vs = []
-            for p in params:
-                if "square_avg" not in self.state[p]:
-                    self.state[p]["square_avg"] = torch.zeros_like(p)
-                vs.append(self.state[p]["square_avg"])
-            torch._foreach_mul_(vs, group["rho"])
-            torch._foreach_addcmul_(vs, grads, grads, value=1 - group["rho"])
-            denom = torch._foreach_add(vs, group["eps"])
-            torch._foreach_sqrt_(denom)
-            torch._foreach_addcdiv_(params, grads, denom, value=-group["lr"])
-        return loss
-
-
-def build_optimizer(params, name: str, lr: float, **kwargs: Any) -> torch.optim.Optimizer:
-    """name: rmsprop (torch's formula), keras_rmsprop, adam or sgd; kwargs go to the optimizer."""
-    if name == "keras_rmsprop":
-        return KerasRMSprop(params, lr=lr, **kwargs)
-    classes = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    if name not in classes:
-        raise ValueError(f"optimizer.name={name!r} is unknown: choose one of keras_rmsprop, {', '.join(classes)}")
-    return classes[name](params, lr=lr, **kwargs)
+from mnist_lab.optim import build_optimizer
 
 
 def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> dict[str, Any]:
@@ -86,13 +42,28 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> d
         raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({first}): "
                               "use another one, e.g. the run's checkpoints/best.ckpt, or retrain") from None
     model = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
-    if not isinstance(model, dict) or "state_dict" not in ckpt or model.get("name") not in MODELS:
+    if not isinstance(model, dict) or "state_dict" not in ckpt or model.get("name") not in models.MODELS:
         raise CheckpointError(f"{path} is not an mnist_lab checkpoint (no model config in its hyper_parameters): "
                               "give a checkpoint written by python -m mnist_lab.train")
     if model_name is not None and model["name"] != model_name:
         raise CheckpointError(f"checkpoint {path} holds a {model['name']}, not a {model_name}: "
                               f"use model={model['name']} or a {model_name} checkpoint")
     return ckpt
+
+
+def load_net(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The plain net of an mnist_lab checkpoint, rebuilt from the model config it holds, in eval mode,
+    and the checkpoint itself (loaded and checked by load_checkpoint)."""
+    ckpt = load_checkpoint(path, model_name)
+    model = ckpt["hyper_parameters"]["model"]
+    net = models.build_model(**model)
+    state = {k.removeprefix("net."): v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: its weights do not fit a {model['name']} "
+                              f"({str(err).splitlines()[0]}); use a checkpoint written by mnist_lab.train") from None
+    return net.eval(), ckpt
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -129,19 +100,17 @@ class LitClassifier(L.LightningModule):
         # Means over per-image losses: exact under DDP even when ranks hold different numbers of
         # images (self.log(sync_dist=True) would average the ranks' means).
         self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(nan_strategy="disable")
-        # Training loss and accuracy: running sums (loss x n, correct, n) kept on the device. On a
-        # dense CPU step (4 ms) self.log costs about 1 ms and two torchmetrics updates about 5%;
-        # one fused add costs a tenth of that. In checkpoints, so a resumed epoch logs the same means.
+        # Training loss and accuracy: running sums (loss x n, correct, n) kept on the device and logged
+        # once an epoch: per-step self.log calls and torchmetrics updates cost a measurable share of a
+        # dense step (README, Speed). In checkpoints, so a resumed epoch logs the same means.
         self.register_buffer("train_sums", torch.zeros(3, dtype=torch.float64), persistent=True)
 
     @classmethod
     def from_checkpoint(cls, path: str, model_name: str | None = None) -> LitClassifier:
-        """Load an mnist_lab checkpoint, rebuilding its net from the model config it holds."""
-        ckpt = load_checkpoint(path, model_name)
-        module = cls(build_model(**ckpt["hyper_parameters"]["model"]), **{
-            k: v for k, v in ckpt["hyper_parameters"].items() if k in ("optimizer", "model", "config")})
-        module.load_state_dict(ckpt["state_dict"])
-        return module.eval()
+        """The LitClassifier of an mnist_lab checkpoint (its net from load_net), in eval mode."""
+        net, ckpt = load_net(path, model_name)
+        hparams = ckpt["hyper_parameters"]
+        return cls(net, **{k: v for k, v in hparams.items() if k in ("optimizer", "model", "config")}).eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

@@ -18,13 +18,18 @@ DPI = 100
 
 
 def save(fig, path: str | Path) -> Path:
-    """Write a PNG to a temporary name, then rename: a reader never sees half an image."""
-    path = Path(path)
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, dpi=DPI, format="png")
+    """Write `fig` as a PNG to `path` atomically (runs.atomic_path), close it, and return `path`."""
+    from mnist_lab.runs import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return Path(path)
+
+
+def close(fig) -> None:
+    """Free a figure that is not saved (one only logged)."""
+    plt.close(fig)
 
 
 def history(series: dict[str, list[float]]):
@@ -130,4 +135,26 @@ def feature_maps(digit: np.ndarray, maps: list[tuple[str, np.ndarray]], label: s
             ax.imshow(m[c], cmap="viridis")
             ax.axis("off")
         row += int(np.ceil(m.shape[0] / cols))
+    return fig
+
+
+def val_curves(curves: list[tuple[str, list[float]]]):
+    """Validation accuracy per epoch of several runs, given as (variant, values): one colour a variant."""
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours: dict[str, str] = {}
+    for variant, values in curves:
+        if not values:
+            continue
+        colour = colours.setdefault(variant, f"C{len(colours)}")
+        ax.plot(range(1, len(values) + 1), values, marker="o", color=colour, alpha=0.85,
+                label=variant if variant not in ax.get_legend_handles_labels()[1] else None)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"validation accuracy per epoch ({len(curves)} runs)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
     return fig

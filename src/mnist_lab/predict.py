@@ -34,30 +34,29 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from mnist_lab import idx
+from mnist_lab.config import CONF_DIR
 from mnist_lab.errors import ConfigError, DataError, ModelError
+from mnist_lab.runs import EXPORT_FILES, RunDir, atomic_path
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 log = logging.getLogger("mnist_lab.predict")
 
 
 def find_onnx(model: str | os.PathLike) -> Path:
+    """The .onnx file that `model` names: the file itself, a run folder's export/model.onnx, or a folder's
+    model.onnx."""
     path = Path(model).expanduser()
-    for candidate in (path, path / "export" / "model.onnx", path / "model.onnx"):
+    for candidate in (path, RunDir(path).onnx, path / EXPORT_FILES["onnx"]):
         if candidate.is_file() and candidate.suffix == ".onnx":
             return candidate
     raise ModelError(f"no ONNX model at {path}: give an .onnx file or a run folder, after "
                      f"python -m mnist_lab.export checkpoint={path}")
 
 
-def run_folder(onnx_path: Path) -> Path:
-    """The run an exported model belongs to (<run>/export/model.onnx), else the model's own folder."""
-    return onnx_path.parent.parent if onnx_path.parent.name == "export" else onnx_path.parent
-
-
 def runs_data_dir(onnx_path: Path) -> str | None:
     """data.data_dir from the run's config.yaml, as export finds it: the data the model was trained on."""
-    config = run_folder(onnx_path) / "config.yaml"
+    config = RunDir.holding(onnx_path).config
     if not config.is_file():
         return None
     import yaml
@@ -66,25 +65,14 @@ def runs_data_dir(onnx_path: Path) -> str | None:
     return data.get("data_dir")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (MNIST's format) as a numpy array: magic 2051 images, 2049 labels."""
-    data = path.read_bytes()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if array.size != int(np.prod(shape)):
-        raise DataError(f"{path} is truncated: {array.size} values, its header promises {int(np.prod(shape))}. "
-                        "Replace it with the original file.")
-    return array.reshape(shape)
-
-
 def load_test_set(data_dir: str, where: str = "") -> tuple[list[str], np.ndarray, np.ndarray]:
-    raw = Path(data_dir).expanduser() / "MNIST" / "raw"
-    images, labels = raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte"
+    """MNIST's test images: (names "0".."9999", uint8 images (N, 28, 28), int64 labels)."""
+    raw = idx.raw_folder(data_dir)
+    images, labels = (raw / name for name in idx.SPLITS["test"])
     if not images.is_file() or not labels.is_file():
         raise DataError(f"MNIST test files not found in {raw}{where}: set data_dir= (or MNIST_LAB_DATA_DIR) to a "
                         "folder holding MNIST/raw/, or predict source=<folder or file of images, or .npy>")
-    x, y = read_idx(images), read_idx(labels)
+    x, y = idx.read_idx(images), idx.read_idx(labels)
     return [str(i) for i in range(len(x))], x, y.astype(np.int64)
 
 
@@ -175,8 +163,7 @@ def write_csv(path: Path, names: list[str], probs: np.ndarray, labels: np.ndarra
     """One row per item; `predicted` (indices into names) says which rows `probs` belong to."""
     rows = np.arange(len(names)) if predicted is None else predicted
     prob_of = {int(i): p for i, p in zip(rows, probs, strict=True)}
-    tmp = path.with_name(".tmp-" + path.name)
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         out = csv.writer(f)
         out.writerow(["item", "predicted", "top1", "p1", "top2", "p2", "top3", "p3", "true", "note"])
         for i, name in enumerate(names):
@@ -189,7 +176,6 @@ def write_csv(path: Path, names: list[str], probs: np.ndarray, labels: np.ndarra
             else:
                 row += [""] * 7
             out.writerow(row + ["" if labels is None else int(labels[i]), notes[i] if notes else ""])
-    tmp.replace(path)
 
 
 def write_grid(path: Path, images: np.ndarray, probs: np.ndarray, labels: np.ndarray | None,
@@ -233,7 +219,7 @@ def output_folder(onnx_path: Path, source: str, out: str | None, overwrite: bool
     else:
         src = Path(source).expanduser()
         name = "test" if source == "test" else (src.resolve().name if src.is_dir() else src.stem)
-        folder = run_folder(onnx_path) / "predictions" / name
+        folder = RunDir.holding(onnx_path).predictions / name
     if (folder / "predictions.csv").exists() and not overwrite:
         raise ConfigError(f"{folder / 'predictions.csv'} exists (an earlier prediction): pass overwrite=true to "
                           "replace it, or out=<another folder>")
@@ -250,7 +236,7 @@ def predict(model: str, source: str = "test", data_dir: str | None = None, out: 
         where = ""
         if data_dir is None:
             data_dir = runs_data_dir(onnx_path)
-            where = f" (the data_dir in {run_folder(onnx_path) / 'config.yaml'})" if data_dir else ""
+            where = f" (the data_dir in {RunDir.holding(onnx_path).config})" if data_dir else ""
         names, images, labels = load_test_set(data_dir or "data", where)
     else:
         src = Path(source).expanduser()

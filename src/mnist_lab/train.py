@@ -9,8 +9,8 @@
 A run folder (outputs/runs/<time>/, or outputs/sweeps/<time>/<n>_<model>_<overrides>/ under -m)
 holds config.yaml (resolved), summary.txt, checkpoints/{best,last}.ckpt, the TensorBoard events and
 the run's figures (history, per-class accuracy, mistakes, confusion matrix); `tensorboard --logdir
-outputs` shows them. Offline, point data.data_dir= (or MNIST_LAB_DATA_DIR) at a folder holding
-MNIST/raw/.
+outputs` shows them. mnist_lab.runs lists the layout. Offline, point data.data_dir= (or
+MNIST_LAB_DATA_DIR) at a folder holding MNIST/raw/.
 """
 
 from __future__ import annotations
@@ -23,8 +23,97 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import config as _config  # registers the typed configs
+from mnist_lab.config import CONF_DIR
+from mnist_lab.runs import RunDir, write_text
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, test on the best checkpoint, and return the test metrics ({"test/acc": ..., "test/loss": ...})."""
+    _config.validate(cfg)  # before any data is read or output written
+    cfg, ckpt_path = continued(cfg)
+
+    import lightning as L
+    import torch
+
+    from mnist_lab.data import MNISTDataModule
+    from mnist_lab.models import build_model, summary
+    from mnist_lab.module import LitClassifier
+
+    run = RunDir(cfg.output_dir)
+    run.path.mkdir(parents=True, exist_ok=True)
+    plain = OmegaConf.to_container(cfg, resolve=True)  # plain values: checkpoints stay weights_only-loadable
+    if ckpt_path is None:
+        write_text(run.config, OmegaConf.to_yaml(plain))
+
+    torch.set_num_threads(cfg.threads or _config.default_threads())
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    net = build_model(**plain["model"])
+    table = summary(net)
+    print(table)
+    write_text(run.summary, table + "\n")
+
+    datamodule = MNISTDataModule(**plain["data"], input_shape=net.input_shape, seed=cfg.seed)
+    optimizer = {k: v for k, v in plain["optimizer"].items() if v is not None}
+    module = LitClassifier(net, optimizer=optimizer, model=plain["model"], config=plain)
+
+    trainer = build_trainer(cfg, run)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    test_ckpt = None if cfg.trainer.fast_dev_run else "best"
+    results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
+    metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
+    print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  ({run.path})")
+    if cfg.export and trainer.is_global_zero:
+        from mnist_lab.export import export  # ONNX and friends load only when asked
+
+        checkpoint = trainer.checkpoint_callback
+        export(checkpoint.best_model_path or checkpoint.last_model_path, data_dir=cfg.data.data_dir)
+    return metrics
+
+
+def build_trainer(cfg: DictConfig, run: RunDir):
+    """The lightning.Trainer of a run: cfg.trainer's arguments, the run's logger, checkpoints and callbacks,
+    and the Slurm plugin where Slurm started the process. scripts/bench.py times epochs through it too."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from mnist_lab import runs
+    from mnist_lab.callbacks import EpochTime, HistoryPlot, TestFigures
+    from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
+    from mnist_lab.loggers import build_loggers
+
+    quiet_lightning()
+    if cfg.trainer.accelerator == "cpu":
+        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import; on a machine without a GPU driver every
+        # torch.cuda.is_available() then loads NVML again, and torch's optimizers ask once a step
+        # (README, Speed). A CPU run needs no fork-safe CUDA probe.
+        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+    checkpoint = ModelCheckpoint(
+        dirpath=run.checkpoints,
+        filename=runs.BEST,
+        monitor="val/acc" if cfg.data.val_size > 0 else None,  # without validation "best" is the last epoch
+        mode="max",
+        save_last=True,
+        enable_version_counter=False,  # a resumed run overwrites best/last instead of adding best-v1
+    )
+    callbacks = [checkpoint, NonFiniteGuard(), GracefulInterrupt(run.path), EpochTime()]
+    if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its logger too)
+        callbacks += [HistoryPlot(run.path), TestFigures(run.path, normalized=cfg.data.normalize)]
+    plugins = []
+    if SLURMEnvironment.detect():
+        # Slurm started the ranks. Requeueing on preemption or at the time limit is submitit's (its
+        # SIGUSR2 handler requeues the job and exits); Lightning's own auto-requeue would race it.
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=build_loggers(cfg, run),
+        callbacks=callbacks,
+        default_root_dir=run.path,
+        enable_model_summary=False,  # the Keras-style table replaces it
+        use_distributed_sampler=False,  # the datamodule shards its own tensor batches
+        plugins=plugins,
+    )
 
 
 def quiet_lightning() -> None:
@@ -43,125 +132,39 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")  # a local run on a Slurm host
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, test on the best checkpoint, and return the test metrics ({"test/acc": ..., "test/loss": ...})."""
-    _config.validate(cfg)  # before any data is read or output written
-    ckpt_path = None
-    if cfg.get("resume"):
-        cfg, ckpt_path = resumed(cfg)
-
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.loggers import TensorBoardLogger
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    from mnist_lab.callbacks import EpochTime, HistoryPlot, TestFigures
-    from mnist_lab.data import MNISTDataModule
-    from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
-    from mnist_lab.models import build_model, summary
-    from mnist_lab.module import LitClassifier
-
-    quiet_lightning()
-    if cfg.trainer.accelerator == "cpu":
-        # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import; on a machine without a GPU driver
-        # every torch.cuda.is_available() then loads NVML again, and torch's optimizers ask once a step
-        # (0.07 ms, 2% of a dense CPU step). A CPU run needs no fork-safe CUDA probe.
-        os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
-    run_dir = Path(cfg.output_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    plain = OmegaConf.to_container(cfg, resolve=True)  # plain values: checkpoints stay weights_only-loadable
-    if ckpt_path is None:
-        write_text(run_dir / "config.yaml", OmegaConf.to_yaml(plain))
-
-    torch.set_num_threads(cfg.threads or _config.default_threads())
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    net = build_model(**plain["model"])
-    table = summary(net)
-    print(table)
-    write_text(run_dir / "summary.txt", table + "\n")
-
-    datamodule = MNISTDataModule(**plain["data"], input_shape=net.input_shape, seed=cfg.seed)
-    optimizer = {k: v for k, v in plain["optimizer"].items() if v is not None}
-    module = LitClassifier(net, optimizer=optimizer, model=plain["model"], config=plain)
-
-    validate = cfg.data.val_size > 0
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        filename="best",
-        monitor="val/acc" if validate else None,  # without validation "best" is the last epoch
-        mode="max",
-        save_last=True,
-        enable_version_counter=False,  # a resumed run overwrites best/last instead of adding best-v1
-    )
-    logger = TensorBoardLogger(run_dir, name="", version="", default_hp_metric=False)
-    callbacks = [checkpoint, NonFiniteGuard(), GracefulInterrupt(run_dir), EpochTime()]
-    if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its logger too)
-        callbacks += [HistoryPlot(run_dir), TestFigures(run_dir, normalized=cfg.data.normalize)]
-    plugins = []
-    if SLURMEnvironment.detect():
-        # Slurm started the ranks. Requeueing on preemption or at the time limit is submitit's (its
-        # SIGUSR2 handler requeues the job and exits); Lightning's own auto-requeue would race it.
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-        if ckpt_path is None and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0:
-            last = run_dir / "checkpoints" / "last.ckpt"  # a requeued job: go on from its last checkpoint
-            if last.is_file():
-                from mnist_lab.module import load_checkpoint
-
-                load_checkpoint(last, model_name=cfg.model.name)
-                ckpt_path = str(last)
-                print(f"requeued job: resuming from {last}")
-    trainer = L.Trainer(
-        **plain["trainer"],
-        logger=logger,
-        callbacks=callbacks,
-        default_root_dir=run_dir,
-        enable_model_summary=False,  # the Keras-style table above replaces it
-        use_distributed_sampler=False,  # the datamodule shards its own tensor batches
-        plugins=plugins,
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    test_ckpt = None if cfg.trainer.fast_dev_run else "best"
-    results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
-    metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
-    print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  ({run_dir})")
-    if cfg.export and trainer.is_global_zero:
-        from mnist_lab.export import export  # ONNX and friends load only when asked
-
-        export(checkpoint.best_model_path or checkpoint.last_model_path, data_dir=cfg.data.data_dir)
-    return metrics
-
-
-def resumed(cfg: DictConfig) -> tuple[DictConfig, str]:
-    """The config saved in the run folder cfg.resume (with this call's threads, progress bar and data
-    folder), and its checkpoints/last.ckpt, checked."""
+def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
+    """The config and checkpoint a run starts from: for resume=<run> or a Slurm job that was requeued,
+    the run's saved config and its checkpoints/last.ckpt (checked); otherwise cfg and None."""
     from mnist_lab.errors import CheckpointError, ConfigError
     from mnist_lab.module import load_checkpoint
 
-    run_dir = Path(cfg.resume).expanduser().resolve()
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"resume={cfg.resume}: {saved} not found; give the folder of a run started by "
-                          "python -m mnist_lab.train (it holds config.yaml and checkpoints/)")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        raise CheckpointError(f"resume={cfg.resume}: {last} not found; the run saved no checkpoint yet, "
-                              "so start it again instead")
-    old = OmegaConf.merge(OmegaConf.structured(_config.Config), OmegaConf.load(saved))
-    load_checkpoint(last, model_name=old.model.name)
-    old.threads = cfg.threads
-    old.trainer.enable_progress_bar = cfg.trainer.enable_progress_bar
-    old.data.data_dir = cfg.data.data_dir
-    old.output_dir, old.resume = str(run_dir), str(run_dir)
-    return old, str(last)
+    if cfg.get("resume"):
+        run = RunDir(Path(cfg.resume).expanduser().resolve())
+        if not run.config.is_file():
+            raise ConfigError(f"resume={cfg.resume}: {run.config} not found; give the folder of a run started by "
+                              "python -m mnist_lab.train (it holds config.yaml and checkpoints/)")
+        if not run.last_ckpt.is_file():
+            raise CheckpointError(f"resume={cfg.resume}: {run.last_ckpt} not found; the run saved no checkpoint "
+                                  "yet, so start it again instead")
+        saved = OmegaConf.merge(OmegaConf.structured(_config.Config), OmegaConf.load(run.config))
+        for key in _config.RESUME_MAY_SET:  # this call's values
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+        saved.output_dir, saved.resume = str(run.path), str(run.path)
+        load_checkpoint(run.last_ckpt, model_name=saved.model.name)
+        return saved, str(run.last_ckpt)
+    run = RunDir(cfg.output_dir)
+    if requeued() and run.last_ckpt.is_file():  # the same job again: its config is cfg
+        load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
+        print(f"requeued job: resuming from {run.last_ckpt}")
+        return cfg, str(run.last_ckpt)
+    return cfg, None
 
 
-def write_text(path: Path, text: str) -> None:
-    """Write to a temporary name, then rename: a reader never sees half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def requeued() -> bool:
+    """Whether Slurm started this process for a job that was requeued (preempted or at its time limit)."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -169,44 +172,11 @@ def main(cfg: DictConfig) -> float:
     from mnist_lab.errors import ConfigError
 
     try:
-        check_resume_overrides(cfg)
-        check_ddp_under_multirun(cfg)
+        _config.check_launch(cfg)
         return train(cfg)["test/acc"]  # a float, for Hydra sweepers that optimize
     except ConfigError:
         remove_if_untouched(Path(cfg.output_dir))
         raise
-
-
-def check_ddp_under_multirun(cfg: DictConfig) -> None:
-    """Lightning's `ddp` starts the other ranks by re-running the command line: under --multirun that is
-    the whole sweep again, in every rank, and the ranks of one job may get different hyperparameters."""
-
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    from mnist_lab.errors import ConfigError
-
-    launcher = str(HydraConfig.get().launcher.get("_target_", ""))
-    several = cfg.trainer.num_nodes > 1 or str(cfg.trainer.devices) not in ("1", "auto")
-    if (HydraConfig.get().mode == RunMode.MULTIRUN and cfg.trainer.strategy == "ddp" and several
-            and "Slurm" not in launcher and "SLURM_NTASKS" not in os.environ):
-        raise ConfigError("trainer.strategy=ddp under --multirun would re-run the whole sweep in every rank: "
-                          "use trainer.strategy=ddp_spawn for a local sweep, or hydra/launcher=slurm")
-
-
-def check_resume_overrides(cfg: DictConfig) -> None:
-    """resume= continues a run with its own config: other overrides would silently not apply."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from mnist_lab.errors import ConfigError
-
-    if not cfg.get("resume"):
-        return
-    allowed = ("resume", "threads", "trainer.enable_progress_bar", "data.data_dir")
-    extra = [o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") not in allowed]
-    if extra:
-        raise ConfigError(f"resume= continues a run with its saved config; drop {' '.join(extra)} "
-                          "(or start a new run with them)")
 
 
 def remove_if_untouched(run_dir: Path) -> None:
@@ -224,56 +194,26 @@ def prepare_argv(argv: list[str]) -> list[str]:
       `python -m mnist_lab.train experiment=keras_seed -m seed=0,1,2` would otherwise fail.
     - resume=DIR also sets hydra.run.dir=DIR: the resumed run continues in its own folder (Hydra's
       record of this call goes to DIR/.hydra/resume/).
-    - A misspelled key fails here with a suggestion ("did you mean ...?").
+    - A misspelled key fails here with a suggestion ("did you mean ...?"): config.check_keys.
     """
     args = argv[1:]
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
     if not any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for f in flags):
-        check_keys(overrides)
+        _config.check_keys(overrides)
     for o in overrides:
         if o.startswith("resume=") and not any(x.startswith("hydra.run.dir=") for x in overrides):
             overrides += [f"hydra.run.dir={o.split('=', 1)[1]}", "hydra.output_subdir=.hydra/resume"]
     return argv[:1] + flags + overrides
 
 
-def check_keys(overrides: list[str]) -> None:
-    """Exit with one line for a key that is neither a config field nor a config group."""
-    import difflib
-
+if __name__ == "__main__":
     from mnist_lab.errors import ConfigError
 
-    fields = set(flat_keys(_config.Config))
-    groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
-        if key in groups:
-            options = sorted(p.stem for p in (Path(CONF_DIR) / key).glob("*.yaml"))
-            for value in override.split("=", 1)[1].split(","):
-                if value not in options + ["null"] and not value.startswith(("glob(", "range(", "choice(")):
-                    sys.exit(f"{key}={value}: no such option; choose one of {', '.join(options)}")
-        if "=" not in override or key.startswith("hydra") or key in fields or key in groups:
-            continue
-        close = difflib.get_close_matches(key, sorted(fields | groups), n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]}?" if close else "python -m mnist_lab.train --cfg job lists the keys"
+    try:
+        sys.argv = prepare_argv(sys.argv)
+    except ConfigError as err:
         if os.environ.get("HYDRA_FULL_ERROR"):
-            raise ConfigError(f"unknown config key {key!r}: {hint}")
-        sys.exit(f"unknown config key {key!r} in {override!r}: {hint}")
-
-
-def flat_keys(schema: type, prefix: str = "") -> list[str]:
-    """All dotted keys of a config dataclass: data, data.batch_size, ..."""
-    import dataclasses
-
-    keys = []
-    for f in dataclasses.fields(schema):
-        keys.append(prefix + f.name)
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if dataclasses.is_dataclass(default):
-            keys += flat_keys(type(default), prefix + f.name + ".")
-    return keys
-
-
-if __name__ == "__main__":
-    sys.argv = prepare_argv(sys.argv)
+            raise
+        sys.exit(str(err))  # one line, before Hydra (and its error handling) starts
     main()

@@ -1,11 +1,12 @@
 """Look at the data before training: per split shape, dtype, value range, class counts; sample digits;
 how to cite MNIST.
 
-    python -m mnist_lab.inspect                        # data.data_dir / MNIST_LAB_DATA_DIR as for training
-    python -m mnist_lab.inspect data.data_dir=/path out=inspect/
+    python -m mnist_lab.explore                        # data.data_dir / MNIST_LAB_DATA_DIR as for training
+    python -m mnist_lab.explore data.data_dir=/path out=explore/
 
-Prints the numbers and the citation (BibTeX and APA); writes into `out` (default outputs/inspect/):
-samples.png (a grid of training digits with their labels) and citation.bib.
+Prints the numbers and the citation (BibTeX and APA); writes into `out` (default outputs/explore/):
+samples.png (a grid of training digits with their labels) and citation.bib. (Named explore, not
+inspect: a module named inspect would shadow Python's own when this folder is on sys.path.)
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+from mnist_lab.config import CONF_DIR
+from mnist_lab.runs import write_text
 
 BIBTEX = """@article{lecun1998gradient,
   author  = {LeCun, Yann and Bottou, L{\\'e}on and Bengio, Yoshua and Haffner, Patrick},
@@ -57,6 +59,7 @@ def describe(data_dir: str, verify_checksums: bool = True) -> dict[str, dict]:
 
 
 def report(stats: dict[str, dict]) -> str:
+    """describe()'s numbers as printed: two lines per split."""
     lines = []
     for split, s in stats.items():
         lines.append(f"{split:5s}  images {s['shape']} {s['dtype']}, values {s['min']}-{s['max']}; "
@@ -67,6 +70,7 @@ def report(stats: dict[str, dict]) -> str:
 
 
 def sample_grid(images: np.ndarray, labels: np.ndarray, n: int = 40, seed: int = 0):
+    """A figure of `n` random digits (picked with `seed`), each titled with its label."""
     from mnist_lab import plots
 
     pick = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
@@ -74,7 +78,9 @@ def sample_grid(images: np.ndarray, labels: np.ndarray, n: int = 40, seed: int =
                             title=f"{len(pick)} random training digits (28x28 uint8, 0 = black, 255 = white)")
 
 
-def inspect(data_dir: str, out: str | Path, verify_checksums: bool = True, n: int = 40, seed: int = 0) -> dict:
+def explore(data_dir: str, out: str | Path, verify_checksums: bool = True, n: int = 40, seed: int = 0) -> dict:
+    """describe() the data and write samples.png and citation.bib into `out`; returns {"stats": describe()'s
+    dict, "png": samples.png, "bib": citation.bib}."""
     from mnist_lab import plots
 
     stats = describe(data_dir, verify_checksums)
@@ -82,16 +88,13 @@ def inspect(data_dir: str, out: str | Path, verify_checksums: bool = True, n: in
     out.mkdir(parents=True, exist_ok=True)
     train = stats["train"]
     png = plots.save(sample_grid(train["images"], train["labels"], n, seed), out / "samples.png")
-    bib = out / "citation.bib"
-    tmp = bib.with_name(".tmp-" + bib.name)
-    tmp.write_text(BIBTEX + "\n")
-    tmp.replace(bib)
+    bib = write_text(out / "citation.bib", BIBTEX + "\n")
     return {"stats": stats, "png": png, "bib": bib}
 
 
-@hydra.main(config_path=CONF_DIR, config_name="inspect", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="explore", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    result = inspect(cfg.data.data_dir, cfg.out, cfg.data.verify_checksums, cfg.samples, cfg.seed)
+    result = explore(cfg.data.data_dir, cfg.out, cfg.data.verify_checksums, cfg.samples, cfg.seed)
     print(report(result["stats"]))
     print(f"\nsample digits: {result['png']}")
     print("\nCite MNIST as (BibTeX, also in " + str(result["bib"]) + "):\n" + BIBTEX)
