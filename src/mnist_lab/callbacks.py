@@ -6,6 +6,7 @@ matplotlib (mnist_lab.plots) is imported only when a figure is drawn, at the end
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
@@ -38,8 +39,8 @@ class HistoryPlot(L.Callback):
 
     TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
 
-    def __init__(self, run_dir: Path):
-        self.run = RunDir(run_dir)
+    def __init__(self, run_dir: Path, chosen: Mapping | None = None):
+        self.run, self.chosen = RunDir(run_dir), chosen  # chosen: the run's logger config
 
     def on_fit_end(self, trainer, module) -> None:
         if not trainer.is_global_zero or trainer.sanity_checking:
@@ -49,7 +50,8 @@ class HistoryPlot(L.Callback):
 
         for logger in trainer.loggers:
             logger.save()  # flush what is buffered
-        plots.save(plots.history(read_scalars(self.run.path, self.TAGS)), self.run.figure("history"))
+        series = read_scalars(self.run.path, self.TAGS, self.chosen)
+        plots.save(plots.history(series), self.run.figure("history"))
 
 
 class TestFigures(L.Callback):

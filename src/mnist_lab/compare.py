@@ -40,7 +40,7 @@ def find_runs(sweep: Path) -> list[Path]:
 
 
 def read_run(path: Path) -> Run:
-    from mnist_lab.loggers import read_scalars
+    from mnist_lab.loggers import chosen, read_scalars
 
     run = runs.RunDir(path)
     config = yaml.safe_load(run.config.read_text()) or {}
@@ -50,7 +50,7 @@ def read_run(path: Path) -> Run:
         else []
     ignored = {"seed", "model", *left_out_of_names(hydra_dir / "hydra.yaml")}
     rest = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in ignored]
-    scalars = read_scalars(path, ("val/acc", "test/acc", "time/epoch_s"))
+    scalars = read_scalars(path, ("val/acc", "test/acc", "time/epoch_s"), chosen(config))
     test, epoch_s = scalars.get("test/acc"), scalars.get("time/epoch_s")
     return Run(path, " ".join([model, *rest]), count_params(config.get("model", {})), scalars.get("val/acc", []),
                test[-1] if test else None, statistics.median(epoch_s) if epoch_s else None)

@@ -6,6 +6,7 @@ The yaml in conf/ selects and fills these; `python -m mnist_lab.train --cfg job`
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +69,39 @@ class TrainerConfig:
 
 
 @dataclass
+class TensorBoardConfig:
+    """TensorBoard's event files in the run folder: scalars, hparams (the HPARAMS tab), images."""
+
+
+@dataclass
+class CSVConfig:
+    """metrics.csv (one row per logging step) and hparams.yaml in the run folder."""
+
+
+@dataclass
+class MLflowConfig:
+    """An MLflow run per training run: params, metrics, figures as artifacts (pip install -e '.[mlflow]')."""
+
+    experiment_name: str = "mnist_lab"
+    tracking_uri: str | None = None  # null: a local store, mlruns/ in the sweep folder under -m, else in the run folder
+
+
+@dataclass
+class LoggerConfig:
+    """The loggers that conf/logger/ selects (logger=csv, logger=[tensorboard,mlflow]); an unset one is off."""
+
+    tensorboard: TensorBoardConfig | None = None
+    csv: CSVConfig | None = None
+    mlflow: MLflowConfig | None = None
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
     seed: int = 0  # seeds the weights, the train/val split and the shuffling
     threads: int | None = None  # torch CPU threads; None: half the available cores, at least 1
     output_dir: str = "${hydra:runtime.output_dir}"  # the run folder
@@ -118,6 +147,9 @@ def validate(cfg: Any) -> None:
         bad("trainer.max_epochs", cfg.trainer.max_epochs, "train for at least 1 epoch")
     if cfg.threads is not None and cfg.threads < 1:
         bad("threads", cfg.threads, "use >= 1 CPU threads, or null for the default")
+    if cfg.logger.mlflow is not None and importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("logger=mlflow needs MLflow, which is not installed: pip install -e '.[mlflow]' "
+                          "(or choose logger=tensorboard or logger=csv)")
 
 
 # What resume= may change: where the data is and how the run shows itself, never what it computes.

@@ -1,55 +1,237 @@
-"""The run's loggers: built from config in one place, written to and read back through this module.
+"""The run's loggers (the `logger` config group): built in one place, written to and read back here.
 
-    build_loggers(cfg, run)    the Lightning loggers of a run
-    log_figure(...)            a matplotlib figure to every logger that takes images
-    read_scalars(run_dir)      a run's logged scalars per tag, whichever logger wrote them
+    build_loggers(chosen, run)   the Lightning loggers that cfg.logger selects, writing into the run folder
+    HParams                      the run's config as hyperparameters to every logger (TensorBoard's HPARAMS)
+    log_figure(...)              a matplotlib figure to every logger that keeps images
+    read_scalars(run_dir, ...)   a run's logged scalars per tag, whichever logger wrote them
+
+TensorBoard and CSV write into the run folder; MLflow into a local store (runs.MLRUNS: SQLite and the
+artifacts) in the sweep folder under -m, else in the run folder, or to logger.mlflow.tracking_uri.
 """
 
 from __future__ import annotations
 
+import csv
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from mnist_lab.runs import RunDir
+import lightning as L
+from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+from mnist_lab.runs import MLRUNS, RunDir
+
+METRICS_CSV = ExperimentWriter.NAME_METRICS_FILE  # metrics.csv
+HP_METRICS = ("hp/val_acc", "hp/val_loss", "hp/test_acc", "hp/test_loss")  # TensorBoard's HPARAMS columns
 
 
-def build_loggers(cfg: Any, run: RunDir) -> list:
-    """TensorBoard's event files in the run folder."""
-    from lightning.pytorch.loggers import TensorBoardLogger
+def chosen(config: Mapping | None) -> Mapping:
+    """A run config's logger section; a config saved before there was a choice used TensorBoard."""
+    section = (config or {}).get("logger")
+    return {"tensorboard": {}} if section is None else section
 
-    return [TensorBoardLogger(run.path, name="", version="", default_hp_metric=False)]
+
+def build_loggers(chosen: Mapping, run: RunDir) -> list:
+    """The loggers that `chosen` (cfg.logger) turns on: {tensorboard: {}, csv: {}, mlflow: {...}}, None = off."""
+    loggers = []
+    if chosen.get("tensorboard") is not None:
+        loggers.append(TensorBoardLogger(run.path, name="", version="", default_hp_metric=False))
+    if chosen.get("csv") is not None:
+        loggers.append(RunCSVLogger(run.path, name="", version=""))
+    if chosen.get("mlflow") is not None:
+        loggers.append(mlflow_logger(chosen["mlflow"], run))
+    return loggers
+
+
+class _AppendingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that it takes a run folder that already holds files, and a resumed
+    run appends to its metrics.csv (Lightning's writer would warn, then delete the file)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                self.metrics_keys = next(csv.reader(f), [])  # the header: new keys widen it, old ones stay
+
+
+class RunCSVLogger(CSVLogger):
+    """Lightning's CSVLogger writing metrics.csv and hparams.yaml straight into the run folder."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _AppendingWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def mlflow_store(run: RunDir) -> Path:
+    """A run's local MLflow store: the mlruns/ that already holds it (run folder, then sweep folder); for a
+    new run, the sweep folder's under -m (one store, so MLflow's UI compares the sweep), else the run's."""
+    for folder in (run.path, run.path.parent):
+        if (folder / MLRUNS / "mlflow.db").is_file():
+            return folder / MLRUNS
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return (run.path.parent if sweep else run.path) / MLRUNS
+
+
+def mlflow_client(settings: Mapping, run: RunDir) -> tuple[Any, str, str | None]:
+    """(MlflowClient, tracking URI, artifact location) for a run: logger.mlflow.tracking_uri, or the local
+    store (SQLite, artifacts beside it)."""
+    from mlflow import MlflowClient
+
+    if settings.get("tracking_uri"):
+        return MlflowClient(settings["tracking_uri"]), settings["tracking_uri"], None
+    store = mlflow_store(RunDir(run.path.resolve()))
+    store.mkdir(parents=True, exist_ok=True)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    return MlflowClient(uri), uri, (store / "artifacts").as_uri()
+
+
+def mlflow_run_id(client, experiment_id: str, name: str) -> str | None:
+    """The id of the MLflow run named `name` (a run folder's name) in the experiment, if there is one."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        for found in page:
+            if found.info.run_name == name:
+                return found.info.run_id
+        token = page.token
+        if not token:
+            return None
+
+
+def mlflow_logger(settings: Mapping, run: RunDir) -> MLFlowLogger:
+    """Lightning's MLFlowLogger on the run's MLflow run: a new one named after the run folder, or the one
+    it already has (resume=, a requeued job)."""
+    client, uri, artifacts = mlflow_client(settings, run)
+    name = settings.get("experiment_name", "mnist_lab")
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifacts)
+        except Exception:  # another job of the sweep created it first
+            pass
+        experiment = client.get_experiment_by_name(name)
+    run_id = mlflow_run_id(client, experiment.experiment_id, run.path.name)
+    return MLFlowLogger(experiment_name=name, run_name=run.path.name, tracking_uri=uri, run_id=run_id)
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}, with values every logger can show (others as text)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
+    return out
+
+
+class HParams(L.Callback):
+    """The run's resolved config, flattened, as every logger's hyperparameters (logged when a run starts,
+    not again when it resumes). TensorBoard's HPARAMS tab also needs metric tags: hp/val_acc, hp/val_loss
+    (each validation) and hp/test_acc, hp/test_loss (after testing) go to TensorBoard loggers."""
+
+    def on_fit_start(self, trainer, module) -> None:
+        config = module.hparams.get("config")
+        if not config or trainer.ckpt_path is not None:
+            return
+        params = flatten(config)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):  # registers the tags, or HPARAMS stays empty
+                logger.log_hyperparams(params, {k: math.nan for k in HP_METRICS})
+            else:
+                logger.log_hyperparams(params)
+
+    # on_*_end runs after the epoch's logged means reach callback_metrics (on_*_epoch_end runs before).
+    def on_validation_end(self, trainer, module) -> None:
+        if not trainer.sanity_checking:
+            self._log_hp(trainer, "val")
+
+    def on_test_end(self, trainer, module) -> None:
+        self._log_hp(trainer, "test")
+
+    def _log_hp(self, trainer, stage: str) -> None:
+        metrics = trainer.callback_metrics
+        values = {f"hp/{stage}_{k}": float(metrics[f"{stage}/{k}"])
+                  for k in ("acc", "loss") if f"{stage}/{k}" in metrics}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and values:
+                logger.log_metrics(values, step=trainer.global_step)
 
 
 def log_figure(loggers: list, tag: str, figure, step: int) -> None:
-    """Draw `figure` into every logger that keeps images (TensorBoard's Images tab); others skip it."""
+    """Draw `figure` into every logger that keeps images: TensorBoard (Images tab, at `step`) and MLflow
+    (the artifact <tag>.png); the CSV logger has no place for it."""
     for logger in loggers:
-        writer = getattr(logger, "experiment", None)
-        if hasattr(writer, "add_figure"):
-            writer.add_figure(tag, figure, step, close=False)
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_figure(tag, figure, step, close=False)
+        elif isinstance(logger, MLFlowLogger):
+            logger.experiment.log_figure(logger.run_id, figure, f"{tag}.png")
 
 
-def read_scalars(run_dir: str | Path, tags: tuple[str, ...] | None = None) -> dict[str, list[float]]:
-    """A run's logged values per tag, in step order, one per step (a resumed run may log a step twice:
-    the later value counts). Read with TensorBoard's own EventAccumulator."""
+def log_to_run(run: RunDir, config: Mapping | None, tag: str, figure, step: int) -> None:
+    """Add `figure` to a finished run's loggers (TensorBoard: a new event file in its folder)."""
+    loggers = build_loggers(chosen(config), run)
+    log_figure(loggers, tag, figure, step)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.finalize("success")
+
+
+def read_scalars(run_dir: str | Path, tags: tuple[str, ...] | None = None,
+                 chosen: Mapping | None = None) -> dict[str, list[float]]:
+    """A run's logged values per tag, in step order, one per step (a resumed run may log a step twice: the
+    later value counts). Read with each logger's own reader, from the first the run has: TensorBoard's
+    EventAccumulator, metrics.csv (Python's csv), MLflow's client (`chosen`: the run's logger config)."""
+    run = RunDir(run_dir)
+    if any(run.path.glob("events.out.tfevents.*")):
+        by_step = _tensorboard_scalars(run.path, tags)
+    elif (run.path / METRICS_CSV).is_file():
+        by_step = _csv_scalars(run.path / METRICS_CSV, tags)
+    else:
+        settings = (chosen or {}).get("mlflow") or {}
+        local = any((folder / MLRUNS / "mlflow.db").is_file() for folder in (run.path, run.path.parent))
+        by_step = _mlflow_scalars(run, tags, settings) if local or settings.get("tracking_uri") else {}
+    return {tag: [values[s] for s in sorted(values)] for tag, values in by_step.items()}
+
+
+def _tensorboard_scalars(path: Path, tags) -> dict[str, dict[int, float]]:
     import logging
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after ..." is expected
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
     events.Reload()
     found = events.Tags()["scalars"]
-    series = {}
-    for tag in found if tags is None else [t for t in tags if t in found]:
-        by_step = {e.step: e.value for e in events.Scalars(tag)}
-        series[tag] = [by_step[s] for s in sorted(by_step)]
+    return {tag: {e.step: e.value for e in events.Scalars(tag)} for tag in found if tags is None or tag in tags}
+
+
+def _csv_scalars(path: Path, tags) -> dict[str, dict[int, float]]:
+    series: dict[str, dict[int, float]] = {}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            for tag, value in row.items():
+                if tag not in ("step", "epoch") and value not in ("", None) and (tags is None or tag in tags):
+                    series.setdefault(tag, {})[int(row["step"])] = float(value)
     return series
 
 
-def log_to_run(run: RunDir, config: dict, tag: str, figure, step: int) -> None:
-    """Add `figure` to a finished run's loggers (a new TensorBoard event file in its folder)."""
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    logger = TensorBoardLogger(run.path, name="", version="", default_hp_metric=False)
-    log_figure([logger], tag, figure, step)
-    logger.finalize("success")
+def _mlflow_scalars(run: RunDir, tags, settings: Mapping) -> dict[str, dict[int, float]]:
+    client, _, _ = mlflow_client(settings, run)
+    experiment = client.get_experiment_by_name(settings.get("experiment_name", "mnist_lab"))
+    run_id = experiment and mlflow_run_id(client, experiment.experiment_id, run.path.name)
+    if not run_id:
+        return {}
+    names = client.get_run(run_id).data.metrics
+    return {tag: {m.step: m.value for m in client.get_metric_history(run_id, tag)}
+            for tag in names if tags is None or tag in tags}

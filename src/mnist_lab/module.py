@@ -66,18 +66,6 @@ def load_net(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn
     return net.eval(), ckpt
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}, with values TensorBoard's HPARAMS tab can show."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
-    return out
-
-
 class LitClassifier(L.LightningModule):
     """Cross-entropy on the net's logits; accuracy from torchmetrics; optimizer from config.
 
@@ -86,11 +74,9 @@ class LitClassifier(L.LightningModule):
     `LitClassifier.from_checkpoint` can rebuild the net.
     """
 
-    HP_METRICS = ("hp/val_acc", "hp/val_loss", "hp/test_acc", "hp/test_loss")
-
     def __init__(self, net: nn.Module, optimizer: dict, model: dict | None = None, config: dict | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
+        self.save_hyperparameters(ignore=["net"], logger=False)  # loggers.HParams logs them, flattened
         self.net = net
         # validate_args=False: no per-step value checks, each of which would force a host-device sync
         # on a GPU (the labels are ours; the loss is checked by guards.NonFiniteGuard).
@@ -145,27 +131,6 @@ class LitClassifier(L.LightningModule):
         logits = self._step(batch, "test", self.test_acc, self.test_loss)
         self.test_confusion.update(logits, batch[1])
         return logits  # for callbacks that draw predictions
-
-    def on_fit_start(self) -> None:
-        # Registers the hparams with metric tags, so TensorBoard's HPARAMS tab lists this run
-        # (with default_hp_metric=False it would stay empty).
-        if self.logger is not None and self.hparams.get("config"):
-            self.logger.log_hyperparams(flatten(self.hparams["config"]), {k: float("nan") for k in self.HP_METRICS})
-
-    # on_*_end runs after the epoch's logged means reach callback_metrics (on_*_epoch_end runs before).
-    def on_validation_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            self._log_hp("val")
-
-    def on_test_end(self) -> None:
-        self._log_hp("test")
-
-    def _log_hp(self, stage: str) -> None:
-        metrics = self.trainer.callback_metrics
-        values = {f"hp/{stage}_{k}": float(metrics[f"{stage}/{k}"])
-                  for k in ("acc", "loss") if f"{stage}/{k}" in metrics}
-        if self.logger is not None and values:
-            self.logger.log_metrics(values, step=self.global_step)
 
     def configure_optimizers(self):
         return build_optimizer(self.parameters(), **self.hparams["optimizer"])

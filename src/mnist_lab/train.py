@@ -7,9 +7,10 @@
     python -m mnist_lab.train resume=outputs/runs/<time>            # continue an interrupted run
 
 A run folder (outputs/runs/<time>/, or outputs/sweeps/<time>/<n>_<model>_<overrides>/ under -m)
-holds config.yaml (resolved), summary.txt, checkpoints/{best,last}.ckpt, the TensorBoard events and
-the run's figures (history, per-class accuracy, mistakes, confusion matrix); `tensorboard --logdir
-outputs` shows them. mnist_lab.runs lists the layout. Offline, point data.data_dir= (or
+holds config.yaml (resolved), summary.txt, checkpoints/{best,last}.ckpt, what its loggers wrote
+(logger=tensorboard, the default: event files, `tensorboard --logdir outputs`; logger=csv: metrics.csv;
+logger=mlflow: an MLflow store) and the run's figures (history, per-class accuracy, mistakes, confusion
+matrix). mnist_lab.runs lists the layout. Offline, point data.data_dir= (or
 MNIST_LAB_DATA_DIR) at a folder holding MNIST/raw/.
 """
 
@@ -81,7 +82,7 @@ def build_trainer(cfg: DictConfig, run: RunDir):
     from mnist_lab import runs
     from mnist_lab.callbacks import EpochTime, HistoryPlot, TestFigures
     from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
-    from mnist_lab.loggers import build_loggers
+    from mnist_lab.loggers import HParams, build_loggers
 
     quiet_lightning()
     if cfg.trainer.accelerator == "cpu":
@@ -97,9 +98,9 @@ def build_trainer(cfg: DictConfig, run: RunDir):
         save_last=True,
         enable_version_counter=False,  # a resumed run overwrites best/last instead of adding best-v1
     )
-    callbacks = [checkpoint, NonFiniteGuard(), GracefulInterrupt(run.path), EpochTime()]
-    if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its logger too)
-        callbacks += [HistoryPlot(run.path), TestFigures(run.path, normalized=cfg.data.normalize)]
+    callbacks = [checkpoint, NonFiniteGuard(), GracefulInterrupt(run.path), EpochTime(), HParams()]
+    if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
+        callbacks += [HistoryPlot(run.path, cfg.logger), TestFigures(run.path, normalized=cfg.data.normalize)]
     plugins = []
     if SLURMEnvironment.detect():
         # Slurm started the ranks. Requeueing on preemption or at the time limit is submitit's (its
@@ -107,7 +108,7 @@ def build_trainer(cfg: DictConfig, run: RunDir):
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
-        logger=build_loggers(cfg, run),
+        logger=build_loggers(cfg.logger, run),
         callbacks=callbacks,
         default_root_dir=run.path,
         enable_model_summary=False,  # the Keras-style table replaces it
@@ -146,7 +147,10 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         if not run.last_ckpt.is_file():
             raise CheckpointError(f"resume={cfg.resume}: {run.last_ckpt} not found; the run saved no checkpoint "
                                   "yet, so start it again instead")
-        saved = OmegaConf.merge(OmegaConf.structured(_config.Config), OmegaConf.load(run.config))
+        loaded = OmegaConf.load(run.config)
+        if "logger" not in loaded:  # saved before the logger group: TensorBoard
+            loaded.logger = {"tensorboard": {}}
+        saved = OmegaConf.merge(OmegaConf.structured(_config.Config), loaded)
         for key in _config.RESUME_MAY_SET:  # this call's values
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
         saved.output_dir, saved.resume = str(run.path), str(run.path)
