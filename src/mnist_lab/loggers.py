@@ -114,9 +114,11 @@ def mlflow_logger(settings: Mapping, run: RunDir) -> MLFlowLogger:
     name = settings.get("experiment_name", "mnist_lab")
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
+        from mlflow.exceptions import MlflowException
+
         try:
             client.create_experiment(name, artifact_location=artifacts)
-        except Exception:  # another job of the sweep created it first
+        except MlflowException:  # another job of the sweep created it first
             pass
         experiment = client.get_experiment_by_name(name)
     run_id = mlflow_run_id(client, experiment.experiment_id, run.path.name)

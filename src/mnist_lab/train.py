@@ -154,6 +154,7 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         for key in _config.RESUME_MAY_SET:  # this call's values
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
         saved.output_dir, saved.resume = str(run.path), str(run.path)
+        _config.validate(saved)  # e.g. its logger may need a package this machine lacks
         load_checkpoint(run.last_ckpt, model_name=saved.model.name)
         return saved, str(run.last_ckpt)
     run = RunDir(cfg.output_dir)
