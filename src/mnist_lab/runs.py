@@ -5,7 +5,7 @@
     <run>/checkpoints/           best.ckpt (by val/acc) and last.ckpt
     <run>/<figure>.png           history, per_class, mistakes, confusion_matrix, activations_<i>
     <run>/export/                model.onnx, model.pt2, model.torchscript.pt, weights.safetensors, model.yaml
-    <run>/predictions/           predictions.csv and predictions.png
+    <run>/predictions/<source>/  predictions.csv and predictions.png (mnist_lab.predict)
     <run>/mlruns/                MLflow's local store (of a single run; a sweep keeps one in its sweep folder)
 
 The loggers' own files (TensorBoard events, metrics.csv, hparams.yaml) sit in the run folder too.
@@ -77,6 +77,7 @@ class RunDir:
 
     @property
     def predictions(self) -> Path:
+        """predict's folder: one subfolder per source it predicted (test, a folder's or a file's name)."""
         return self.path / PREDICTIONS
 
     def figure(self, name: str) -> Path:
