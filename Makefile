@@ -1,11 +1,13 @@
 # make train   install into .venv (first time), then train the default model: ARGS="model=convnet ..."
 # make test    install into .venv (first time), then run the tests
+# make gpu-check DATA=<folder holding MNIST/raw/>   on a machine with one GPU: GPU tests and GPU bench rows
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 ARGS   ?=
+DATA   ?= $(or $(MNIST_LAB_DATA_DIR),data)
 
-.PHONY: train test lint clean-venv
+.PHONY: train test gpu-check lint clean-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +20,9 @@ train: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest $(ARGS)
+
+gpu-check: $(VENV)/.installed
+	$(PY) scripts/gpu_check.py --data $(DATA)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests scripts

@@ -83,8 +83,9 @@ def test_nonfinite_loss_stops_at_once_and_keeps_best(tiny_mnist, tmp_path, make_
 
     monkeypatch.setattr(LitClassifier, "training_step", diverging)
     out = tmp_path / "run"
+    # one step per training_step here; a chunk of steps (the fast path): tests/test_fastpath.py
     with pytest.raises(TrainingError, match=r"loss became non-finite \(nan\) at step 21 \(epoch 1\)") as err:
-        train(make_cfg(tiny_overrides(tiny_mnist, out)))
+        train(make_cfg(tiny_overrides(tiny_mnist, out) + ["fast.enabled=false"]))
     assert max(seen) == 20  # stopped right after the first bad step
     assert "best checkpoint so far is kept" in str(err.value)
     best = out / "checkpoints" / "best.ckpt"
@@ -96,7 +97,8 @@ def test_nonfinite_loss_stops_at_once_and_keeps_best(tiny_mnist, tmp_path, make_
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupt_saves_and_resume_matches_uninterrupted(tiny_mnist, tmp_path, make_cfg, monkeypatch, sig):
-    overrides = tiny_overrides(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3"]
+    # one step per training_step; inside a chunk of steps (the fast path): tests/test_fastpath.py
+    overrides = tiny_overrides(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3", "fast.enabled=false"]
     whole = train(make_cfg(overrides))
 
     def on_train_batch_end(self, outputs, batch, batch_idx):

@@ -18,16 +18,26 @@ from mnist_lab.runs import RunDir
 
 
 class EpochTime(L.Callback):
-    """Logs `time/epoch_s`: wall seconds of each training epoch (validation excluded)."""
+    """Logs `time/epoch_s`: wall seconds of each training epoch (validation excluded), and keeps them
+    in `seconds`. On a GPU it waits for the device at both ends, so queued work counts."""
+
+    def __init__(self):
+        self.seconds: list[float] = []
+
+    def _now(self, module) -> float:
+        if module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)
+        return time.perf_counter()
 
     def on_train_start(self, trainer, module) -> None:
-        self.start = time.perf_counter()  # a run resumed mid-epoch starts here, not at an epoch start
+        self.start = self._now(module)  # a run resumed mid-epoch starts here, not at an epoch start
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        self.start = time.perf_counter()
+        self.start = self._now(module)
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        module.log("time/epoch_s", time.perf_counter() - self.start, on_epoch=True, reduce_fx="max")
+        self.seconds.append(self._now(module) - self.start)
+        module.log("time/epoch_s", self.seconds[-1], on_epoch=True, reduce_fx="max")
 
 
 class HistoryPlot(L.Callback):

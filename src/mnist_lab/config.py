@@ -24,6 +24,7 @@ class DataConfig:
     data_dir: str = "${oc.env:MNIST_LAB_DATA_DIR,data}"  # holds MNIST/raw/; relative to the working dir
     batch_size: int = 128
     val_size: int = 5000  # held out of the 60,000 training images; 0 trains on all (no validation)
+    eval_batch_size: int = 1000  # validation and test: no gradients, so larger batches only run faster
     normalize: bool = True  # standardize with mean 0.1307, std 0.3081 after scaling /255
     download: bool = True  # fetch from torchvision's mirrors when the files are missing
     verify_checksums: bool = True  # SHA-256 of the official files; off for your own IDX data
@@ -51,7 +52,7 @@ class OptimizerConfig:
 class TrainerConfig:
     """Passed to lightning.Trainer as keyword arguments."""
 
-    accelerator: str = "cpu"
+    accelerator: str = "auto"  # auto: the GPU where one is visible, else the CPU
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"
@@ -65,6 +66,7 @@ class TrainerConfig:
     limit_test_batches: Any = None
     fast_dev_run: Any = False
     deterministic: Any = False
+    benchmark: bool | None = None  # cudnn.benchmark: cuDNN times its convolution algorithms once per shape (GPU)
     gradient_clip_val: float | None = None
 
 
@@ -96,12 +98,23 @@ class LoggerConfig:
 
 
 @dataclass
+class FastConfig:
+    """K optimizer steps per training_step, one CUDA graph per K steps on a GPU (src/mnist_lab/fastpath.py)."""
+
+    enabled: bool = True  # false: Lightning's plain loop, one batch per training_step
+    steps: int | None = None  # K (Keras: steps_per_execution); null: auto (an epoch on a GPU, 32 on a CPU)
+    cuda_graph: bool = True  # on a GPU, capture a chunk of K full batches once and replay it
+    compile: bool = False  # torch.compile the forward and the optimizer step (seconds of warm-up per run)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    fast: FastConfig = field(default_factory=FastConfig)
     seed: int = 0  # seeds the weights, the train/val split and the shuffling
     threads: int | None = None  # torch CPU threads; None: half the available cores, at least 1
     output_dir: str = "${hydra:runtime.output_dir}"  # the run folder
@@ -139,6 +152,10 @@ def validate(cfg: Any) -> None:
         bad("optimizer.lr", cfg.optimizer.lr, "the learning rate must be > 0 (the default is 1e-3)")
     if cfg.data.batch_size < 1:
         bad("data.batch_size", cfg.data.batch_size, "use a batch size >= 1 (the default is 128)")
+    if cfg.data.eval_batch_size < 1:
+        bad("data.eval_batch_size", cfg.data.eval_batch_size, "use a batch size >= 1 (the default is 1000)")
+    if cfg.fast.steps is not None and cfg.fast.steps < 1:
+        bad("fast.steps", cfg.fast.steps, "use >= 1 optimizer steps per training_step, or null for auto")
     n_train = train_size(cfg.data.data_dir)
     if not 0 <= cfg.data.val_size < n_train:
         bad("data.val_size", cfg.data.val_size,
@@ -216,7 +233,14 @@ def flat_keys(schema: type, prefix: str = "") -> list[str]:
 
 
 def gpus_per_node(accelerator: str, devices: Any) -> Any:
-    """For hydra/launcher=slurm: GPUs to ask Slurm for, from the trainer config (None on CPU)."""
+    """For hydra/launcher=slurm: GPUs to ask Slurm for, from the trainer config (None on CPU).
+
+    With accelerator=auto the submitting machine cannot tell what the job's node will have."""
+    if accelerator == "auto":
+        from mnist_lab.errors import ConfigError
+
+        raise ConfigError("hydra/launcher=slurm cannot tell from trainer=auto whether to ask Slurm for GPUs: "
+                          "use trainer=gpu (or ddp) for GPU jobs, trainer=cpu for CPU jobs")
     return devices if accelerator in ("gpu", "cuda") else None
 
 

@@ -34,11 +34,15 @@ def to_float(images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
 
 
 class TensorBatches:
-    """An iterable of (x, y) batches sliced from in-memory tensors.
+    """An iterable of (x, y) batches sliced from in-memory tensors, on whatever device they live.
 
     Shuffles with a generator seeded by (seed, epoch), so a run and its resumption see the same
     order. Under DDP each rank takes every world_size-th sample of that order; training pads the
     order (as DistributedSampler does) so every rank runs the same number of steps.
+
+    With `steps` = K it yields chunks of up to K full batches instead, stacked as (k, B, ...) and
+    (k, B), for mnist_lab.fastpath; the epoch's last, smaller batch comes alone, as a chunk of one.
+    `limit` caps the batches per epoch (trainer.limit_train_batches, counted in batches).
     """
 
     def __init__(
@@ -51,51 +55,84 @@ class TensorBatches:
         epoch: Callable[[], int] = lambda: 0,
         rank: int = 0,
         world_size: int = 1,
+        steps: int | None = None,
+        limit: int | None = None,
     ):
         self.x, self.y, self.batch_size = x, y, batch_size
         self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
         self.rank, self.world_size = rank, world_size
-        self.batches_done: Callable[[], int] = lambda: 0  # set by the data module for training
-        self._resume_at = 0
+        self.steps, self.limit = steps, limit
+        self.items_done: Callable[[], int] = lambda: 0  # set by the data module: training steps run this epoch
+        self._resume_at = 0  # in batches
+        self._started: tuple[int, int] = (0, 0)  # (batches, items) done when the current pass began
+        self._items: list[tuple[int, int]] = []  # the current pass's items, as [first batch, end batch)
+        self._order: tuple[int, torch.Tensor | None] | None = None  # (epoch, indices), computed once an epoch
 
     # Lightning saves these in checkpoints and restores them before iterating: a run interrupted
     # mid-epoch resumes at the batch where it stopped, in the same shuffled order.
     def state_dict(self) -> dict[str, int]:
-        done = self.batches_done()
-        return {"batches_done": done if done < len(self) else 0}  # a finished epoch: the next starts afresh
+        first, items_before = self._started
+        ran = self._items[: max(0, self.items_done() - items_before)]
+        done = first + sum(end - start for start, end in ran)
+        return {"batches_done": done if done < self.num_batches() else 0}  # a finished epoch: the next starts afresh
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self._resume_at = state["batches_done"]
 
     def indices(self) -> torch.Tensor | None:
-        """This rank's sample indices for the current epoch; None means all, in order."""
+        """This rank's sample indices for the current epoch, on the data's device; None means all, in order."""
         n = len(self.y)
         if not self.shuffle and self.world_size == 1:
             return None
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch())
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
-        if self.shuffle and n % self.world_size:  # equal step counts on every rank
-            order = torch.cat([order, order[: self.world_size - n % self.world_size]])
-        return order[self.rank :: self.world_size]
+        epoch = self.epoch()
+        if self._order is None or self._order[0] != epoch:
+            if self.shuffle:
+                g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+                order = torch.randperm(n, generator=g)
+            else:
+                order = torch.arange(n)
+            if self.shuffle and n % self.world_size:  # equal step counts on every rank
+                order = torch.cat([order, order[: self.world_size - n % self.world_size]])
+            self._order = (epoch, order[self.rank :: self.world_size].to(self.x.device))
+        return self._order[1]
+
+    def num_samples(self) -> int:
+        idx = self.indices()
+        return len(self.y) if idx is None else len(idx)
+
+    def num_batches(self) -> int:
+        n = -(-self.num_samples() // self.batch_size)
+        return n if self.limit is None else min(n, self.limit)
+
+    def items(self, first: int = 0) -> list[tuple[int, int]]:
+        """What iterating yields from batch `first` on: [first batch, end batch) of each item."""
+        n_batches = self.num_batches()
+        if not self.steps:
+            return [(b, b + 1) for b in range(first, n_batches)]
+        n_full = min(self.num_samples() // self.batch_size, n_batches)
+        chunks = [(b, min(b + self.steps, n_full)) for b in range(first, n_full, self.steps)]
+        return chunks + ([(max(first, n_full), n_batches)] if n_full < n_batches and first < n_batches else [])
 
     def __len__(self) -> int:
-        idx = self.indices()
-        n = len(self.y) if idx is None else len(idx)
-        return -(-n // self.batch_size)
+        return len(self.items())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self.indices()
-        n = len(self.y) if idx is None else len(idx)
-        first, self._resume_at = self._resume_at * self.batch_size, 0
-        for start in range(first, n, self.batch_size):
+        n, size = self.num_samples(), self.batch_size
+        first, self._resume_at = self._resume_at, 0
+        self._started = (first, self.items_done() if first else 0)
+        self._items = self.items(first)
+        for start, end in self._items:
+            lo, hi = start * size, min(end * size, n)
             if idx is None:  # contiguous slices are views: no copy
-                yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+                x, y = self.x[lo:hi], self.y[lo:hi]
             else:
-                take = idx[start : start + self.batch_size]
-                yield self.x[take], self.y[take]
+                take = idx[lo:hi]
+                x, y = self.x[take], self.y[take]
+            if self.steps:
+                yield x.view(end - start, -1, *x.shape[1:]), y.view(end - start, -1)
+            else:
+                yield x, y
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -103,6 +140,8 @@ class MNISTDataModule(L.LightningDataModule):
 
     input_shape comes from the model ((784,) for the MLP, (1, 28, 28) for the convnet).
     val_size images of the 60,000 are held out, chosen by the run's seed; val_size=0 trains on all.
+    The tensors move once to the trainer's device, where every batch is sliced.
+    steps: None for one batch per training_step; K, or "auto", for chunks of K batches (fastpath.py).
     """
 
     def __init__(
@@ -115,12 +154,16 @@ class MNISTDataModule(L.LightningDataModule):
         verify_checksums: bool = True,
         input_shape: tuple[int, ...] = (784,),
         seed: int = 0,
+        eval_batch_size: int = 1000,
+        steps: int | str | None = None,
+        train_limit: int | None = None,
     ):
         super().__init__()
         self.data_dir = str(Path(data_dir).expanduser().resolve())
         self.batch_size, self.val_size, self.normalize = batch_size, val_size, normalize
         self.download, self.verify_checksums = download, verify_checksums
         self.input_shape, self.seed = tuple(input_shape), seed
+        self.eval_batch_size, self.steps, self.train_limit = eval_batch_size, steps, train_limit
         self.train_x = self.train_y = self.val_x = self.val_y = self.test_x = self.test_y = None
 
     def prepare_data(self) -> None:
@@ -143,8 +186,14 @@ class MNISTDataModule(L.LightningDataModule):
         return to_float(images, self.normalize).reshape(len(images), *self.input_shape)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.test_x is not None:
-            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if self.test_x is None:
+            self._load()
+        if self.test_x.device != device:
+            for name in ("train_x", "train_y", "val_x", "val_y", "test_x", "test_y"):
+                setattr(self, name, getattr(self, name).to(device))
+
+    def _load(self) -> None:
         check_raw_files(self.data_dir, checksums=False)  # cheap; prepare_data runs on rank 0 only
         images, labels = load_split(self.data_dir, train=True)  # val_size is checked by config.validate
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
@@ -155,26 +204,41 @@ class MNISTDataModule(L.LightningDataModule):
         test_images, self.test_y = load_split(self.data_dir, train=False)
         self.test_x = self._shape(test_images)
 
-    def _loader(self, x: torch.Tensor, y: torch.Tensor, shuffle: bool) -> TensorBatches:
+    def steps_per_item(self) -> int | None:
+        """K batches per training item (None: one batch); "auto": fastpath.auto_steps for the device."""
+        if self.steps != "auto":
+            return self.steps
+        from mnist_lab.fastpath import auto_steps
+
+        device = self.train_x.device if self.train_x is not None else torch.device("cpu")
+        return auto_steps(device.type, len(self.train_y) // self._world_size() // self.batch_size)
+
+    def _world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    def _loader(self, x: torch.Tensor, y: torch.Tensor, shuffle: bool, batch_size: int, **kwargs) -> TensorBatches:
         trainer = self.trainer
         return TensorBatches(
-            x, y, self.batch_size,
+            x, y, batch_size,
             shuffle=shuffle,  # training only
             seed=self.seed,
             epoch=lambda: trainer.current_epoch if trainer is not None else 0,
             rank=trainer.global_rank if trainer is not None else 0,
-            world_size=trainer.world_size if trainer is not None else 1,
+            world_size=self._world_size(),
+            **kwargs,
         )
 
     def train_dataloader(self) -> TensorBatches:
-        batches = self._loader(self.train_x, self.train_y, shuffle=True)
+        batches = self._loader(self.train_x, self.train_y, True, self.batch_size,
+                               steps=self.steps_per_item(), limit=self.train_limit)
         if self.trainer is not None:
             progress = self.trainer.fit_loop.epoch_loop.batch_progress
-            batches.batches_done = lambda: progress.current.processed  # steps taken this epoch
+            batches.items_done = lambda: progress.current.processed  # training steps run this epoch
         return batches
 
+    # Evaluation takes no gradients: larger batches give the same per-image results, faster.
     def val_dataloader(self) -> TensorBatches | list:
-        return self._loader(self.val_x, self.val_y, shuffle=False) if self.val_size else []
+        return self._loader(self.val_x, self.val_y, False, self.eval_batch_size) if self.val_size else []
 
     def test_dataloader(self) -> TensorBatches:
-        return self._loader(self.test_x, self.test_y, shuffle=False)
+        return self._loader(self.test_x, self.test_y, False, self.eval_batch_size)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import signal
 from pathlib import Path
 
@@ -23,36 +22,45 @@ def save_atomically(trainer: L.Trainer, path: Path) -> None:
 class NonFiniteGuard(L.Callback):
     """Stops training at the first step whose loss is NaN or infinite, naming the step.
 
-    The check stays on the device and is read every 50 steps on a GPU, so the run does not sync with
-    the host each step (on CPU every step: reading the loss is free there); the error still names the
+    A training_step returns one loss, or one per step of a chunk (the fast path). On the CPU they are
+    read at once. On a GPU the check stays on the device and is read every `period` steps and at the
+    end of each epoch, so the host never waits for the GPU step by step; the error still names the
     first bad step. The best checkpoint written so far is kept.
     """
 
+    def __init__(self, period: int = 50):
+        self.period = period
+
     def on_train_start(self, trainer, module) -> None:
         self.first_bad = torch.full((), -1, dtype=torch.long, device=module.device)
-        self.period = 1 if module.device.type == "cpu" else 50
+        self.bad_loss = torch.zeros((), device=module.device)
+        self.read_at = trainer.global_step
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
-        step = trainer.global_step  # optimizer steps taken, this one included
-        if self.period == 1:  # on CPU reading the loss costs nothing
-            if not math.isfinite(loss.item()) and int(self.first_bad) < 0:
-                self.first_bad.fill_(step)
-                self.check(trainer, loss)
+        losses = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().reshape(-1)
+        first_step = trainer.global_step - len(losses) + 1  # the step that produced losses[0]
+        if losses.device.type == "cpu":
+            if not torch.isfinite(losses).all():
+                i = int(torch.nonzero(~torch.isfinite(losses))[0])
+                self.stop(trainer, first_step + i, float(losses[i]))
             return
-        bad = ~torch.isfinite(loss) & (self.first_bad < 0)
-        self.first_bad = torch.where(bad, torch.tensor(step, device=loss.device), self.first_bad)
-        if step % self.period == 0 or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self.check(trainer, loss)
+        bad = ~torch.isfinite(losses)
+        steps = torch.arange(first_step, first_step + len(losses), device=losses.device)
+        first = torch.where(bad, steps, torch.iinfo(torch.long).max).min()
+        new = bad.any() & (self.first_bad < 0)
+        self.first_bad = torch.where(new, first, self.first_bad)
+        self.bad_loss = torch.where(new, losses[(first - first_step).clamp(0, len(losses) - 1)], self.bad_loss)
+        if (trainer.global_step - self.read_at >= self.period
+                or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch):
+            self.read_at = trainer.global_step
+            if int(self.first_bad) >= 0:
+                self.stop(trainer, int(self.first_bad), float(self.bad_loss))
 
-    def check(self, trainer, loss: torch.Tensor) -> None:
-        first = int(self.first_bad)
-        if first < 0:
-            return
+    def stop(self, trainer, step: int, loss: float) -> None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         kept = f"the best checkpoint so far is kept: {best}" if best else "no checkpoint was written yet"
         raise TrainingError(
-            f"loss became non-finite ({float(loss):g}) at step {first} (epoch {trainer.current_epoch}): "
+            f"loss became non-finite ({loss:g}) at step {step} (epoch {trainer.current_epoch}): "
             f"training stopped; lower optimizer.lr or set trainer.gradient_clip_val; {kept}"
         )
 

@@ -15,6 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from mnist_lab import models
 from mnist_lab.errors import CheckpointError
+from mnist_lab.fastpath import ChunkRunner, count_steps, place_optimizer_state
 from mnist_lab.optim import build_optimizer
 
 
@@ -74,10 +75,17 @@ class LitClassifier(L.LightningModule):
     `LitClassifier.from_checkpoint` can rebuild the net.
     """
 
-    def __init__(self, net: nn.Module, optimizer: dict, model: dict | None = None, config: dict | None = None):
+    def __init__(self, net: nn.Module, optimizer: dict, model: dict | None = None, config: dict | None = None,
+                 fast: dict | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers.HParams logs them, flattened
         self.net = net
+        # fast: None trains one batch per training_step (Lightning's automatic optimization). A dict
+        # ({"cuda_graph", "compile", "clip_norm"}) trains chunks of K batches per training_step
+        # through fastpath.ChunkRunner (manual optimization; the data module yields the chunks).
+        self.fast = fast
+        self.automatic_optimization = fast is None
+        self.runner: ChunkRunner | None = None
         # validate_args=False: no per-step value checks, each of which would force a host-device sync
         # on a GPU (the labels are ours; the loss is checked by guards.NonFiniteGuard).
         self.val_acc, self.test_acc = (MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
@@ -101,7 +109,22 @@ class LitClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def on_train_start(self) -> None:
+        if self.fast is None:
+            return
+        optimizer = self.optimizers().optimizer
+        graph = bool(self.fast.get("cuda_graph")) and self.device.type == "cuda"
+        place_optimizer_state(optimizer, capturable=graph)  # the state may come from a checkpoint
+        # A new runner at every fit: graphs hold the addresses of this fit's device tensors.
+        self.runner = ChunkRunner(
+            self.net, optimizer, getattr(self.trainer.datamodule, "batch_size", 0),
+            cuda_graph=graph, compile=bool(self.fast.get("compile")), clip_norm=self.fast.get("clip_norm"),
+            autocast_dtype=torch.bfloat16 if str(self.trainer.precision) == "bf16-mixed" else None,
+        )
+
     def training_step(self, batch, batch_idx):
+        if self.runner is not None:
+            return self._train_chunk(*batch)
         x, y = batch
         logits = self.net(x)
         loss = F.cross_entropy(logits, y)
@@ -109,6 +132,16 @@ class LitClassifier(L.LightningModule):
             n = torch.tensor(len(y), device=y.device)
             self.train_sums += torch.stack([loss.detach() * n, (logits.argmax(1) == y).sum(), n]).double()
         return loss
+
+    def _train_chunk(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        """K optimizer steps on xs[k], ys[k] (k = 0..K-1); returns the K losses."""
+        losses, correct = self.runner(xs, ys)
+        k, n = ys.shape
+        count_steps(self.trainer, k)
+        with torch.no_grad():
+            self.train_sums += torch.stack([losses.double().sum() * n, correct.sum().double(),
+                                            losses.new_full((), k * n, dtype=torch.float64)])
+        return losses
 
     def on_train_epoch_end(self) -> None:
         loss_sum, correct, n = self.trainer.strategy.reduce(self.train_sums.clone(), reduce_op="sum")  # all ranks
@@ -133,4 +166,5 @@ class LitClassifier(L.LightningModule):
         return logits  # for callbacks that draw predictions
 
     def configure_optimizers(self):
-        return build_optimizer(self.parameters(), **self.hparams["optimizer"])
+        capturable = bool(self.fast and self.fast.get("cuda_graph")) and self.device.type == "cuda"
+        return build_optimizer(self.parameters(), **self.hparams["optimizer"], capturable=capturable)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -50,7 +51,13 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
-def build_optimizer(params, name: str, lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+def build_optimizer(params, name: str, lr: float, capturable: bool = False, **kwargs: Any) -> torch.optim.Optimizer:
     """OPTIMIZERS[name] over `params`; kwargs (alpha, rho, eps, momentum, ...) go to it. The name is
-    checked by config.validate."""
+    checked by config.validate.
+
+    capturable: the optimizer's steps may be captured in a CUDA graph; torch's optimizers that take
+    the flag (RMSprop, Adam) then keep their step count on the device. KerasRMSprop and SGD keep no
+    state on the host and need nothing."""
+    if capturable and "capturable" in inspect.signature(OPTIMIZERS[name]).parameters:
+        kwargs["capturable"] = True
     return OPTIMIZERS[name](params, lr=lr, **kwargs)

@@ -36,9 +36,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
 
-    from mnist_lab.data import MNISTDataModule
     from mnist_lab.models import build_model, summary
-    from mnist_lab.module import LitClassifier
 
     run = RunDir(cfg.output_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -54,11 +52,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print(table)
     write_text(run.summary, table + "\n")
 
-    datamodule = MNISTDataModule(**plain["data"], input_shape=net.input_shape, seed=cfg.seed)
-    optimizer = {k: v for k, v in plain["optimizer"].items() if v is not None}
-    module = LitClassifier(net, optimizer=optimizer, model=plain["model"], config=plain)
-
-    trainer = build_trainer(cfg, run)
+    trainer, module, datamodule = build_run(cfg, run, net)
+    print(describe_device(trainer, cfg, module.fast))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     test_ckpt = None if cfg.trainer.fast_dev_run else "best"
     results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
@@ -72,10 +67,39 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def build_trainer(cfg: DictConfig, run: RunDir):
-    """The lightning.Trainer of a run: cfg.trainer's arguments, the run's logger, checkpoints and callbacks,
-    and the Slurm plugin where Slurm started the process. scripts/bench.py times epochs through it too."""
+def build_run(cfg: DictConfig, run: RunDir, net=None):
+    """(trainer, module, datamodule) of a run, as train() fits them; scripts/bench.py times epochs through
+    the same. `net` defaults to a fresh one from cfg.model. On the fast path (fastpath.plan) the data
+    module yields chunks of K batches and the module takes K steps per training_step."""
+    from mnist_lab import fastpath
+    from mnist_lab.data import MNISTDataModule
+    from mnist_lab.models import build_model
+    from mnist_lab.module import LitClassifier
+
+    plain = OmegaConf.to_container(cfg, resolve=True)  # plain values: checkpoints stay weights_only-loadable
+    net = net if net is not None else build_model(**plain["model"])
+    fast, _ = fastpath.plan(cfg)
+    trainer_args = plain["trainer"]
+    train_limit = None
+    if fast is not None:
+        trainer_args.pop("gradient_clip_val")  # the fast path clips inside its steps
+        train_limit = trainer_args.pop("limit_train_batches")  # counted in batches, not in chunks of them
+        if isinstance(train_limit, float):
+            n_train = _config.train_size(cfg.data.data_dir) - cfg.data.val_size
+            train_limit = int(train_limit * -(-n_train // cfg.data.batch_size))
+    datamodule = MNISTDataModule(**plain["data"], input_shape=net.input_shape, seed=cfg.seed,
+                                 steps=(cfg.fast.steps or "auto") if fast is not None else None,
+                                 train_limit=train_limit)
+    optimizer = {k: v for k, v in plain["optimizer"].items() if v is not None}
+    module = LitClassifier(net, optimizer=optimizer, model=plain["model"], config=plain, fast=fast)
+    return build_trainer(cfg, run, trainer_args), module, datamodule
+
+
+def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
+    """The lightning.Trainer of a run: `trainer_args` (cfg.trainer's, as build_run adapts them), the run's
+    loggers, checkpoints and callbacks, and the Slurm plugin where Slurm started the process."""
     import lightning as L
+    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
@@ -85,20 +109,26 @@ def build_trainer(cfg: DictConfig, run: RunDir):
     from mnist_lab.loggers import HParams, build_loggers
 
     quiet_lightning()
-    if cfg.trainer.accelerator == "cpu":
+    if cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not torch.cuda.is_available()):
         # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 on import; on a machine without a GPU driver every
         # torch.cuda.is_available() then loads NVML again, and torch's optimizers ask once a step
         # (README, Speed). A CPU run needs no fork-safe CUDA probe.
         os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "0"
+    validate = cfg.data.val_size > 0
     checkpoint = ModelCheckpoint(
         dirpath=run.checkpoints,
         filename=runs.BEST,
-        monitor="val/acc" if cfg.data.val_size > 0 else None,  # without validation "best" is the last epoch
+        monitor="val/acc" if validate else None,  # without validation "best" is the last epoch
         mode="max",
-        save_last=True,
+        save_last=not validate,
         enable_version_counter=False,  # a resumed run overwrites best/last instead of adding best-v1
     )
-    callbacks = [checkpoint, NonFiniteGuard(), GracefulInterrupt(run.path), EpochTime(), HParams()]
+    # Lightning's save_last=True rewrites last.ckpt only in an epoch where the monitored checkpoint was
+    # saved: after an epoch without a better val/acc it would be stale. So "last" is a checkpoint of its
+    # own, written every epoch.
+    last = ModelCheckpoint(dirpath=run.checkpoints, filename=runs.LAST, enable_version_counter=False)
+    callbacks = [checkpoint, *([last] if validate else []), NonFiniteGuard(), GracefulInterrupt(run.path),
+                 EpochTime(), HParams()]
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
         callbacks += [HistoryPlot(run.path, cfg.logger), TestFigures(run.path, normalized=cfg.data.normalize)]
     plugins = []
@@ -107,7 +137,7 @@ def build_trainer(cfg: DictConfig, run: RunDir):
         # SIGUSR2 handler requeues the job and exits); Lightning's own auto-requeue would race it.
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_args,
         logger=build_loggers(cfg.logger, run),
         callbacks=callbacks,
         default_root_dir=run.path,
@@ -115,6 +145,29 @@ def build_trainer(cfg: DictConfig, run: RunDir):
         use_distributed_sampler=False,  # the datamodule shards its own tensor batches
         plugins=plugins,
     )
+
+
+def describe_device(trainer, cfg: DictConfig, fast: dict | None) -> str:
+    """One line for the start of a run: where it trains, and how (the fast path, or why not)."""
+    import torch
+
+    from mnist_lab import fastpath
+
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)} ({device})"
+    else:
+        threads = torch.get_num_threads()
+        where = f"{device.type.upper()} ({threads} thread{'s' if threads > 1 else ''})"
+    if trainer.world_size > 1:
+        where += f" x {trainer.world_size} processes"
+    if fast is None:
+        return f"device: {where}; plain path, one step per training_step ({fastpath.plan(cfg)[1]})"
+    n_train = _config.train_size(cfg.data.data_dir) - cfg.data.val_size
+    k = cfg.fast.steps or fastpath.auto_steps(device.type, n_train // cfg.data.batch_size)
+    how = ", CUDA graphs" if fast["cuda_graph"] and device.type == "cuda" else ""
+    how += ", compiled" if fast["compile"] else ""
+    return f"device: {where}; fast path: {k} steps per training_step{how}"
 
 
 def quiet_lightning() -> None:
@@ -131,6 +184,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # val_size=0
     warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy")  # torchmetrics plot
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")  # a local run on a Slurm host
+    # The fast path logs once an epoch, and an epoch is a few training_steps of K steps each.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
 
 
 def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
