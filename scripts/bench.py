@@ -235,7 +235,7 @@ def summarize(name, variant, runs, args) -> dict:
     later = [s for seconds, _ in runs for s in (seconds[1:] or seconds)]
     to_target = []
     for seconds, accs in runs:
-        reached = [i for i, a in enumerate(accs) if a >= TARGET[name]]
+        reached = [i for i, a in enumerate(accs) if name in TARGET and a >= TARGET[name]]
         to_target.append(sum(seconds[: reached[0] + 1]) if reached else None)
     reached = [t for t in to_target if t is not None]
     return {"model": name, "variant": variant, "device": args.device, "hardware": hardware(args.device),
@@ -244,7 +244,7 @@ def summarize(name, variant, runs, args) -> dict:
             "epoch_s": round(statistics.median(later), 4), "first_epoch_s": round(statistics.median(
                 s[0] for s, _ in runs), 4),
             "to_target_s": round(statistics.median(reached), 3) if len(reached) == len(runs) else None,
-            "target": TARGET[name], "test_acc": [round(a[-1], 4) for _, a in runs],
+            "target": TARGET.get(name), "test_acc": [round(a[-1], 4) for _, a in runs],
             "epoch_s_all": [[round(s, 4) for s in seconds] for seconds, _ in runs],
             "torch": torch.__version__, "lightning": L.__version__}
 
@@ -385,7 +385,9 @@ def main() -> None:
     parser.add_argument("--data", default=os.environ.get("MNIST_LAB_DATA_DIR", "data"),
                         help="folder holding MNIST/raw/ (default: $MNIST_LAB_DATA_DIR or data)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=["mlp", "convnet"])
+    from mnist_lab.models import MODELS
+
+    parser.add_argument("--models", nargs="+", default=["mlp", "convnet"], choices=sorted(MODELS))
     parser.add_argument("--variants", nargs="+", choices=["plain", "plain_graph", "mnist_lab", "compiled", "lightning"],
                         help="default: all that apply to the device")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 gives the steadiest timings)")

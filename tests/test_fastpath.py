@@ -23,6 +23,11 @@ from mnist_lab.train import train
 from tests.conftest import tiny_overrides
 
 
+def cpu(data, out) -> list[str]:
+    """tiny_overrides on the CPU, also where a GPU is visible: these tests are about the CPU path."""
+    return tiny_overrides(data, out) + ["trainer.accelerator=cpu"]
+
+
 def weights(run_dir) -> dict[str, torch.Tensor]:
     return load_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
 
@@ -170,7 +175,7 @@ def test_auto_trainer_cannot_tell_slurm_what_to_ask_for():
 def test_chunks_train_exactly_like_single_steps(tiny_mnist, tmp_path, make_cfg, capsys):
     runs = {}
     for name, extra in (("plain", ["fast.enabled=false"]), ("k4", ["fast.steps=4"]), ("auto", [])):
-        runs[name] = train(make_cfg(tiny_overrides(tiny_mnist, tmp_path / name) + extra))
+        runs[name] = train(make_cfg(cpu(tiny_mnist, tmp_path / name) + extra))
     out = capsys.readouterr().out
     assert "device: CPU (1 thread); plain path, one step per training_step (fast.enabled=false)" in out
     assert "device: CPU (1 thread); fast path: 4 steps per training_step" in out
@@ -183,20 +188,20 @@ def test_chunks_train_exactly_like_single_steps(tiny_mnist, tmp_path, make_cfg, 
 
 def test_gradient_clipping_on_the_fast_path(tiny_mnist, tmp_path, make_cfg):
     clip = ["trainer.gradient_clip_val=0.05", "optimizer.lr=0.01"]
-    train(make_cfg(tiny_overrides(tiny_mnist, tmp_path / "plain") + clip + ["fast.enabled=false"]))
-    train(make_cfg(tiny_overrides(tiny_mnist, tmp_path / "fast") + clip + ["fast.steps=4"]))
-    train(make_cfg(tiny_overrides(tiny_mnist, tmp_path / "free") + ["optimizer.lr=0.01", "fast.steps=4"]))
+    train(make_cfg(cpu(tiny_mnist, tmp_path / "plain") + clip + ["fast.enabled=false"]))
+    train(make_cfg(cpu(tiny_mnist, tmp_path / "fast") + clip + ["fast.steps=4"]))
+    train(make_cfg(cpu(tiny_mnist, tmp_path / "free") + ["optimizer.lr=0.01", "fast.steps=4"]))
     assert max_diff(weights(tmp_path / "plain"), weights(tmp_path / "fast")) <= 1e-6
     assert max_diff(weights(tmp_path / "plain"), weights(tmp_path / "free")) > 1e-3  # clipping did act
 
 
 def test_limit_train_batches_counts_steps(tiny_mnist, tmp_path, make_cfg):
-    train(make_cfg(tiny_overrides(tiny_mnist, tmp_path / "run") + ["fast.steps=4", "trainer.limit_train_batches=6"]))
+    train(make_cfg(cpu(tiny_mnist, tmp_path / "run") + ["fast.steps=4", "trainer.limit_train_batches=6"]))
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 12  # 2 epochs x 6
 
 
 def test_interrupt_inside_a_chunk_then_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch):
-    overrides = tiny_overrides(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3", "fast.steps=4"]
+    overrides = cpu(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3", "fast.steps=4"]
     whole = train(make_cfg(overrides))
     original = ChunkRunner.__call__
 
@@ -232,7 +237,7 @@ def test_nonfinite_loss_inside_a_chunk_names_its_step(tiny_mnist, tmp_path, make
 
     monkeypatch.setattr(ChunkRunner, "__call__", diverging)
     with pytest.raises(TrainingError, match=r"loss became non-finite \(inf\) at step 23 \(epoch 1\)"):
-        train(make_cfg(tiny_overrides(tiny_mnist, tmp_path / "run") + ["fast.steps=4"]))
+        train(make_cfg(cpu(tiny_mnist, tmp_path / "run") + ["fast.steps=4"]))
 
 
 def test_the_config_of_a_run_records_the_fast_path(tiny_mnist, tmp_path, make_cfg):

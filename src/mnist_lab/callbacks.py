@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 from mnist_lab.data import MEAN, STD
 from mnist_lab.runs import RunDir
@@ -38,6 +39,21 @@ class EpochTime(L.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         self.seconds.append(self._now(module) - self.start)
         module.log("time/epoch_s", self.seconds[-1], on_epoch=True, reduce_fx="max")
+
+
+class ChunkProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, counting what the fast path trains per training_step: chunks of K steps."""
+
+    def init_train_tqdm(self):
+        bar = super().init_train_tqdm()
+        bar.unit = " chunks"
+        return bar
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        super().on_train_epoch_start(trainer, module)
+        steps = trainer.datamodule.steps_per_item() if trainer.datamodule is not None else None
+        if steps and self.train_progress_bar is not None:
+            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch} (chunks of {steps} steps)")
 
 
 class HistoryPlot(L.Callback):

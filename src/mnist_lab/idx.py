@@ -73,13 +73,20 @@ def check_raw_files(data_dir: str | os.PathLike, checksums: bool = True) -> None
     for name, (magic, _, sha256) in RAW_FILES.items():
         path = folder / name
         read_header(path, magic)
-        if checksums:
+        stat = path.stat()
+        if checksums and (path, stat.st_size, stat.st_mtime_ns) not in _VERIFIED:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest != sha256:
                 raise DataError(
                     f"{path} is corrupted: SHA-256 {digest[:12]}..., expected {sha256[:12]}... "
                     "Replace it with the original file (or data.verify_checksums=false for your own IDX data)."
                 )
+            _VERIFIED.add((path, stat.st_size, stat.st_mtime_ns))
+
+
+# Files whose SHA-256 matched in this process, as (path, size, mtime): the jobs of a sweep, run one
+# after another in one process, hash 55 MB once, not once a job. A changed file is hashed again.
+_VERIFIED: set[tuple[Path, int, int]] = set()
 
 
 def read_idx(path: Path):

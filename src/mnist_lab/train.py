@@ -73,6 +73,7 @@ def build_run(cfg: DictConfig, run: RunDir, net=None):
     module yields chunks of K batches and the module takes K steps per training_step."""
     from mnist_lab import fastpath
     from mnist_lab.data import MNISTDataModule
+    from mnist_lab.idx import train_size
     from mnist_lab.models import build_model
     from mnist_lab.module import LitClassifier
 
@@ -85,7 +86,7 @@ def build_run(cfg: DictConfig, run: RunDir, net=None):
         trainer_args.pop("gradient_clip_val")  # the fast path clips inside its steps
         train_limit = trainer_args.pop("limit_train_batches")  # counted in batches, not in chunks of them
         if isinstance(train_limit, float):
-            n_train = _config.train_size(cfg.data.data_dir) - cfg.data.val_size
+            n_train = train_size(cfg.data.data_dir) - cfg.data.val_size
             train_limit = int(train_limit * -(-n_train // cfg.data.batch_size))
     datamodule = MNISTDataModule(**plain["data"], input_shape=net.input_shape, seed=cfg.seed,
                                  steps=(cfg.fast.steps or "auto") if fast is not None else None,
@@ -104,7 +105,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from mnist_lab import runs
-    from mnist_lab.callbacks import EpochTime, HistoryPlot, TestFigures
+    from mnist_lab.callbacks import ChunkProgressBar, EpochTime, HistoryPlot, TestFigures
     from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
     from mnist_lab.loggers import HParams, build_loggers
 
@@ -131,6 +132,8 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
                  EpochTime(), HParams()]
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
         callbacks += [HistoryPlot(run.path, cfg.logger), TestFigures(run.path, normalized=cfg.data.normalize)]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(ChunkProgressBar())  # Lightning's own bar, which also counts plain steps
     plugins = []
     if SLURMEnvironment.detect():
         # Slurm started the ranks. Requeueing on preemption or at the time limit is submitit's (its
@@ -152,6 +155,7 @@ def describe_device(trainer, cfg: DictConfig, fast: dict | None) -> str:
     import torch
 
     from mnist_lab import fastpath
+    from mnist_lab.idx import train_size
 
     device = trainer.strategy.root_device
     if device.type == "cuda":
@@ -163,7 +167,7 @@ def describe_device(trainer, cfg: DictConfig, fast: dict | None) -> str:
         where += f" x {trainer.world_size} processes"
     if fast is None:
         return f"device: {where}; plain path, one step per training_step ({fastpath.plan(cfg)[1]})"
-    n_train = _config.train_size(cfg.data.data_dir) - cfg.data.val_size
+    n_train = train_size(cfg.data.data_dir) - cfg.data.val_size
     k = cfg.fast.steps or fastpath.auto_steps(device.type, n_train // cfg.data.batch_size)
     how = ", CUDA graphs" if fast["cuda_graph"] and device.type == "cuda" else ""
     how += ", compiled" if fast["compile"] else ""
