@@ -164,10 +164,13 @@ def test_plan_says_why_the_plain_path_runs(make_cfg):
 def test_auto_trainer_cannot_tell_slurm_what_to_ask_for():
     from mnist_lab.config import gpus_per_node
     from mnist_lab.errors import ConfigError
+    from mnist_lab.train import prepare_argv
 
     assert gpus_per_node("gpu", 2) == 2 and gpus_per_node("cpu", 2) is None
     with pytest.raises(ConfigError, match="trainer=gpu .* for GPU jobs, trainer=cpu for CPU jobs"):
-        gpus_per_node("auto", 1)
+        prepare_argv(["train", "-m", "hydra/launcher=slurm", "seed=0,1"])  # before anything is submitted
+    for fine in (["trainer=cpu"], ["trainer=gpu"], ["hydra.launcher.gpus_per_node=1"]):
+        prepare_argv(["train", "-m", "hydra/launcher=slurm", "seed=0,1", *fine])
 
 
 # Whole runs ---------------------------------------------------------------------------------------

@@ -259,16 +259,38 @@ def prepare_argv(argv: list[str]) -> list[str]:
     - resume=DIR also sets hydra.run.dir=DIR: the resumed run continues in its own folder (Hydra's
       record of this call goes to DIR/.hydra/resume/).
     - A misspelled key fails here with a suggestion ("did you mean ...?"): config.check_keys.
+    - hydra/launcher=slurm with trainer=auto fails here too (check_slurm_devices).
     """
     args = argv[1:]
     flags = [a for a in args if a.startswith("-")]
     overrides = [a for a in args if not a.startswith("-")]
     if not any(f in ("--help", "-h", "--hydra-help", "--info", "--cfg", "-c") for f in flags):
         _config.check_keys(overrides)
+        if "hydra/launcher=slurm" in overrides:
+            check_slurm_devices(overrides)
     for o in overrides:
         if o.startswith("resume=") and not any(x.startswith("hydra.run.dir=") for x in overrides):
             overrides += [f"hydra.run.dir={o.split('=', 1)[1]}", "hydra.output_subdir=.hydra/resume"]
     return argv[:1] + flags + overrides
+
+
+def check_slurm_devices(overrides: list[str]) -> None:
+    """hydra/launcher=slurm asks Slurm for GPUs by the trainer's accelerator; with `auto` the submitting
+    machine (often a login node without GPUs) cannot tell, so the jobs could silently run on CPUs."""
+    from hydra import compose, initialize_config_dir
+
+    from mnist_lab.errors import ConfigError
+
+    keys = ("trainer", "experiment", "hydra/launcher", "hydra.launcher")
+    relevant = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").startswith(keys)]
+    if any("," in o or "(" in o for o in relevant):
+        return  # a sweep over trainers: each job's own resolution will tell
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=relevant, return_hydra_config=True)
+    asks = str(OmegaConf.to_container(cfg.hydra.launcher, resolve=False).get("gpus_per_node"))
+    if cfg.trainer.accelerator == "auto" and asks.startswith("${gpus_per_node:"):
+        raise ConfigError("hydra/launcher=slurm cannot tell from trainer=auto whether to ask Slurm for GPUs: "
+                          "use trainer=gpu (or ddp) for GPU jobs, trainer=cpu for CPU jobs")
 
 
 if __name__ == "__main__":
