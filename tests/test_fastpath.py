@@ -228,6 +228,30 @@ def test_interrupt_inside_a_chunk_then_resume(tiny_mnist, tmp_path, make_cfg, mo
     assert max_diff(weights(tmp_path / "whole"), weights(out)) <= 1e-6
 
 
+def test_interrupt_in_an_epochs_last_step_stops_after_its_validation(tiny_mnist, tmp_path, make_cfg, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    overrides = cpu(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3"]
+    whole = train(make_cfg(overrides))
+    original = ChunkRunner.__call__
+
+    def interrupted(self, xs, ys):
+        if xs.shape[1] == 20 and next(iter(self.optimizer.state.values()))["step"] == 31:  # epoch 1's last batch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, xs, ys)
+
+    out = tmp_path / "cut"
+    cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
+    with monkeypatch.context() as m:
+        m.setattr(ChunkRunner, "__call__", interrupted)
+        with pytest.raises(Interrupted, match=r"SIGTERM received: stopped after step 32 \(at the end of epoch 1\)"):
+            train(make_cfg(cut))
+    assert train(make_cfg(cut + [f"resume={out}"])) == pytest.approx(whole, abs=1e-6)
+    events = EventAccumulator(str(out), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/acc")] == [15, 31, 47]  # every epoch validated, at its step
+
+
 def test_nonfinite_loss_inside_a_chunk_names_its_step(tiny_mnist, tmp_path, make_cfg, monkeypatch):
     original = ChunkRunner.__call__
 

@@ -106,10 +106,11 @@ def test_several_loggers_and_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch)
     from mnist_lab.train import train
 
     out = tmp_path / "run"
-    overrides = tiny_overrides(tiny_mnist, out) + ["logger=[tensorboard,csv,mlflow]"]
+    overrides = tiny_overrides(tiny_mnist, out) + ["logger=[tensorboard,csv,mlflow]", "fast.steps=4"]
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        if self.global_step == 21:  # mid-epoch 1 of 2 (16 steps an epoch)
+        if self.global_step > 16 and not hasattr(self, "signalled"):  # mid-epoch 1 of 2 (16 steps an epoch)
+            self.signalled = True
             os.kill(os.getpid(), signal.SIGINT)
 
     with monkeypatch.context() as m:

@@ -150,12 +150,15 @@ def place_optimizer_state(optimizer: torch.optim.Optimizer, capturable: bool) ->
 
 
 def count_steps(trainer, k: int) -> None:
-    """Tell Lightning that k optimizer steps were taken (trainer.global_step counts them), as each
-    LightningOptimizer.step() under manual optimization would."""
-    progress = trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+    """Tell Lightning that k optimizer steps were taken, as each LightningOptimizer.step() under manual
+    optimization would: trainer.global_step counts them, and so does the step loggers write at (Lightning
+    adds 1 per training_step itself), so both read as on the plain path."""
+    loop = trainer.fit_loop.epoch_loop
+    progress = loop.manual_optimization.optim_step_progress
     for tracker in (progress.total, progress.current):
         tracker.ready += k
         tracker.completed += k
+    loop._batches_that_stepped += k - 1
 
 
 def auto_steps(device_type: str, full_batches: int) -> int:

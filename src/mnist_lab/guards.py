@@ -66,8 +66,13 @@ class NonFiniteGuard(L.Callback):
 
 
 class GracefulInterrupt(L.Callback):
-    """Ctrl-C or SIGTERM during fit: finish the current step, save checkpoints/last.ckpt (mid-epoch,
-    with the loop's position), and stop with a one-line message saying how to resume.
+    """Ctrl-C or SIGTERM during fit: finish the current step (on the fast path: the current chunk of K
+    steps), save checkpoints/last.ckpt (mid-epoch, with the loop's position), and stop with a one-line
+    message saying how to resume.
+
+    During an epoch's last training step the epoch is finished first (validation, its metrics and
+    checkpoints) and the run stops as the next epoch starts: Lightning, resuming from a checkpoint
+    saved after an epoch's last step, counts the epoch as done and never validates it.
 
     A second Ctrl-C stops at once. Under DDP Lightning's own SIGTERM handling is left in place
     (the ranks must agree on where to stop).
@@ -92,15 +97,22 @@ class GracefulInterrupt(L.Callback):
         self.received = signum
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if self.received is None:
-            return
+        if self.received is not None and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self.stop(trainer, f"epoch {trainer.current_epoch}")
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if self.received is not None:  # last.ckpt is the one the epoch's end just wrote
+            self.stop(trainer, f"at the end of epoch {trainer.current_epoch - 1}", save=False)
+
+    def stop(self, trainer, where: str, save: bool = True) -> None:
         name = signal.Signals(self.received).name
         path = RunDir(self.run_dir).last_ckpt
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomically(trainer, path)
+        if save:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_atomically(trainer, path)
         self._restore()
         raise Interrupted(
-            f"{name} received: stopped after step {trainer.global_step} (epoch {trainer.current_epoch}) and "
+            f"{name} received: stopped after step {trainer.global_step} ({where}) and "
             f"saved {path}; resume with: python -m mnist_lab.train resume={self.run_dir}"
         )
 
