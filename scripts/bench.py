@@ -340,9 +340,10 @@ def bench_fixed(args) -> list[dict]:
 
 
 def bench_sweep(args) -> list[dict]:
-    """Wall time of `python -m mnist_lab.train -m seed=0,...,n-1` (MLP, 5 epochs, defaults), start-up included."""
+    """Wall time of `python -m mnist_lab.train -m seed=0,...,n-1` (5 epochs, defaults), start-up included."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "seed=" + ",".join(map(str, range(args.sweep))),
+               f"model={args.models[0]}",
                f"data.data_dir={args.data}", "data.download=false", "trainer.enable_progress_bar=false",
                f"hydra.sweep.dir={tmp}/sweep"]
         t0 = time.perf_counter()
@@ -351,11 +352,12 @@ def bench_sweep(args) -> list[dict]:
     if done.returncode:
         sys.exit(f"the sweep failed:\n{done.stderr[-3000:]}")
     accs = [float(line.split("test/acc=")[1].split()[0]) for line in done.stdout.splitlines() if "test/acc=" in line]
-    row = {"sweep": args.sweep, "wall_s": round(wall, 2), "test_acc": accs, "device": args.device,
+    row = {"sweep": args.sweep, "model": args.models[0], "wall_s": round(wall, 2), "test_acc": accs,
+           "device": args.device,
            "hardware": hardware(args.device), "mean_acc": round(statistics.mean(accs), 4),
            "std_acc": round(statistics.stdev(accs), 4) if len(accs) > 1 else 0.0}
-    print(f"sweep of {args.sweep} MLP runs (5 epochs each, {row['hardware']}): {wall:.1f} s from the command to the "
-          f"last test line; test acc {row['mean_acc']:.4f} ± {row['std_acc']:.4f}")
+    print(f"sweep of {args.sweep} {args.models[0]} runs (5 epochs each, {row['hardware']}): {wall:.1f} s from the "
+          f"command to the last test line; test acc {row['mean_acc']:.4f} ± {row['std_acc']:.4f}")
     return [row]
 
 
@@ -403,7 +405,7 @@ def main() -> None:
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark on every side (mnist_lab: trainer.benchmark=true)")
     parser.add_argument("--fixed", action="store_true", help="time what a run pays besides its epochs")
-    parser.add_argument("--sweep", type=int, default=0, help="time a sweep of this many MLP runs instead")
+    parser.add_argument("--sweep", type=int, default=0, help="time a sweep of this many runs of --models' first")
     parser.add_argument("--startup", action="store_true", help="time start-up instead of epochs")
     parser.add_argument("--json", type=Path, help="append the JSON lines to this file too")
     args = parser.parse_args()

@@ -6,8 +6,9 @@
 DIR holds MNIST/raw/ (GPU machines are often offline). Steps, each in its own process, each run even
 if an earlier one failed: tests/test_gpu.py (pytest -m gpu); scripts/bench.py's GPU rows for the MLP
 and the convnet (plain loop, plain CUDA-graph loop, mnist_lab's default path, fast.compile=true; 5
-epochs, medians of 2); what a run pays besides its epochs; a 10-run sweep from the command to its last
-test line. About 4 minutes on one H100 or H200. The table comes last; --out keeps logs and JSON lines.
+epochs, medians of 2), the convnet's again with cudnn.benchmark; what a run pays besides its epochs;
+10-run sweeps (MLP, convnet) from the command to the last test line. About 4.5 minutes on one H200.
+The table comes last; --out keeps logs and JSON lines.
 """
 
 from __future__ import annotations
@@ -62,10 +63,15 @@ def main() -> None:
         step("epochs", [py, bench, "--device", "cuda", "--data", args.data, "--repeats", "2",
                         "--variants", "plain", "plain_graph", "mnist_lab", "compiled", "--json", str(jsonl)],
              args.out, 200),
-        step("fixed", [py, bench, "--device", "cuda", "--data", args.data, "--fixed", "--repeats", "2",
+        step("cudnn", [py, bench, "--device", "cuda", "--data", args.data, "--repeats", "1", "--models", "convnet",
+                       "--cudnn-benchmark", "--variants", "plain", "plain_graph", "mnist_lab", "compiled",
                        "--json", str(jsonl)], args.out, 90),
+        step("fixed", [py, bench, "--device", "cuda", "--data", args.data, "--fixed", "--repeats", "2",
+                       "--json", str(jsonl)], args.out, 60),
         step("sweep", [py, bench, "--device", "cuda", "--data", args.data, "--sweep", "10", "--json", str(jsonl)],
-             args.out, 120),
+             args.out, 90),
+        step("sweep_convnet", [py, bench, "--device", "cuda", "--data", args.data, "--sweep", "10",
+                               "--models", "convnet", "--json", str(jsonl)], args.out, 90),
     ]
     print()
     tests_ok, tests = results[0]
