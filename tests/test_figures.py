@@ -61,6 +61,21 @@ def test_run_folder_holds_its_figures(convnet_run):
     assert "Total params: 93,322" in (convnet_run / "summary.txt").read_text()
 
 
+def test_figures_drawn_again_on_demand(convnet_run, tmp_path, capsys):
+    import shutil
+
+    from mnist_lab import figures
+
+    sweep = tmp_path / "sweep"
+    shutil.copytree(convnet_run, sweep / "0_convnet")
+    for name in ("history", "per_class", "confusion_matrix", "mistakes"):
+        (sweep / "0_convnet" / f"{name}.png").unlink()
+    assert figures.main([str(sweep)]) == 0  # a sweep folder: every finished run in it
+    assert png_size(sweep / "0_convnet" / "mistakes.png")[0] == 880
+    assert png_size(sweep / "0_convnet" / "history.png") == (900, 380)
+    assert figures.main([str(tmp_path / "nothing")]) == 1 and "no finished runs" in capsys.readouterr().err
+
+
 def test_activations_png_and_tensorboard(convnet_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -63,7 +63,7 @@ def activations(checkpoint: str, index: int = 0, data_dir: str | None = None) ->
     fig = plots.feature_maps(images[index].numpy(), [(n, m.numpy()) for n, m in maps],
                              label=f"test {index}: label {int(labels[index])}, predicted {pred}")
     run = RunDir.holding(ckpt_path)
-    log_to_run(run, config, f"activations/test_{index}", fig, step=int(ckpt.get("global_step", 0)))
+    log_to_run(run, config, {f"activations/test_{index}": fig}, step=int(ckpt.get("global_step", 0)))
     return plots.save(fig, run.figure(f"activations_{index}"))
 
 

@@ -1,4 +1,4 @@
-"""Callbacks that record a run: seconds per epoch, the training history, test predictions.
+"""Callbacks that record a run: seconds per epoch, chunks in the progress bar, the run's figures.
 
 matplotlib (mnist_lab.plots) is imported only when a figure is drawn, at the end of fit or test.
 """
@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
@@ -56,41 +55,16 @@ class ChunkProgressBar(TQDMProgressBar):
             self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch} (chunks of {steps} steps)")
 
 
-class HistoryPlot(L.Callback):
-    """At the end of fit, history.png in the run folder: loss and accuracy per epoch, train and val.
-
-    Read back from what the run's loggers wrote (loggers.read_scalars), so a resumed run's plot covers
-    all its epochs.
+class RunFigures(L.Callback):
+    """At the end of testing, the run's figures (mnist_lab.figures): history.png, confusion_matrix.png,
+    per_class.png, mistakes.png, and the logger images test/predictions (the first 32 test digits,
+    predicted (true), mistakes in red) and test/confusion_matrix. Gathers the test set's predictions
+    as numpy arrays, keeps them in the run folder (test_outputs.npz, for `python -m mnist_lab.figures`)
+    and draws: at once, or beside the next job of a sweep run in this process.
     """
 
-    TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
-
-    def __init__(self, run_dir: Path, chosen: Mapping | None = None):
-        self.run, self.chosen = RunDir(run_dir), chosen  # chosen: the run's logger config
-
-    def on_fit_end(self, trainer, module) -> None:
-        if not trainer.is_global_zero or trainer.sanity_checking:
-            return
-        from mnist_lab import plots
-        from mnist_lab.loggers import read_scalars
-
-        for logger in trainer.loggers:
-            logger.save()  # flush what is buffered
-        series = read_scalars(self.run.path, self.TAGS, self.chosen)
-        plots.save(plots.history(series), self.run.figure("history"))
-
-
-class TestFigures(L.Callback):
-    """At the end of testing:
-
-    - TensorBoard images `test/predictions` (the first 32 test digits, predicted (true), mistakes in
-      red) and `test/confusion_matrix` (torchmetrics);
-    - PNGs in the run folder: confusion_matrix.png, per_class.png (accuracy of each digit) and
-      mistakes.png (the most confident mistakes).
-    """
-
-    def __init__(self, run_dir: Path, n: int = 32, normalized: bool = True):
-        self.run, self.n = RunDir(run_dir), n
+    def __init__(self, run_dir: Path, chosen: Mapping | None = None, n: int = 32, normalized: bool = True):
+        self.run, self.chosen, self.n = RunDir(run_dir), dict(chosen or {}), n  # chosen: the logger config
         self.mean, self.std = (MEAN, STD) if normalized else (0.0, 1.0)  # to undo data.normalize
 
     def on_test_epoch_start(self, trainer, module) -> None:
@@ -118,24 +92,15 @@ class TestFigures(L.Callback):
         module.test_confusion.reset()
         if not trainer.is_global_zero or not self.labels:
             return
-        from mnist_lab import plots
-        from mnist_lab.loggers import log_figure
+        from mnist_lab import figures
 
-        labels, probs = torch.cat(self.labels).numpy(), torch.cat(self.probs).numpy()
-        preds = probs.argmax(1)
-        first = torch.cat(self.first)[: self.n].numpy()
-        grid = plots.digit_grid(first, [f"{p} ({t})" for p, t in zip(preds[: self.n], labels[: self.n], strict=True)],
-                                list(preds[: self.n] != labels[: self.n]),
-                                title="test predictions: predicted (true), mistakes in red")
-        matrix, _ = module.test_confusion.plot(confusion)
-        matrix.set_size_inches(6, 6)
-        log_figure(trainer.loggers, "test/predictions", grid, trainer.global_step)
-        log_figure(trainer.loggers, "test/confusion_matrix", matrix, trainer.global_step)
-        plots.close(grid)
-        plots.save(matrix, self.run.figure("confusion_matrix"))
-        counts = confusion.sum(1).numpy()
-        accuracy = confusion.diag().numpy() / np.maximum(counts, 1)  # per-class recall = accuracy
-        plots.save(plots.per_class(accuracy, counts), self.run.figure("per_class"))
-        wrong_images = torch.cat(self.wrong_images).numpy()
-        order = torch.cat(self.wrong_index).numpy()
-        plots.save(plots.mistakes(wrong_images, labels[order], probs[order]), self.run.figure("mistakes"))
+        for logger in trainer.loggers:
+            logger.save()  # what fit logged, for history.png
+        payload = {
+            "run_dir": str(self.run.path), "chosen": self.chosen, "step": trainer.global_step,
+            "first": torch.cat(self.first)[: self.n].numpy(), "labels": torch.cat(self.labels).numpy(),
+            "probs": torch.cat(self.probs).numpy(), "wrong_images": torch.cat(self.wrong_images).numpy(),
+            "wrong_index": torch.cat(self.wrong_index).numpy(), "confusion": confusion.numpy(),
+        }
+        figures.keep_payload(payload)
+        figures.draw(payload, background=trainer.world_size == 1 and figures.in_sweep_process())

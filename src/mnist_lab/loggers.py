@@ -180,10 +180,11 @@ def log_figure(loggers: list, tag: str, figure, step: int) -> None:
             logger.experiment.log_figure(logger.run_id, figure, f"{tag}.png")
 
 
-def log_to_run(run: RunDir, config: Mapping | None, tag: str, figure, step: int) -> None:
-    """Add `figure` to a finished run's loggers (TensorBoard: a new event file in its folder)."""
+def log_to_run(run: RunDir, config: Mapping | None, figures: Mapping[str, Any], step: int) -> None:
+    """Add figures ({tag: figure}) to a finished run's loggers (TensorBoard: a new event file in its folder)."""
     loggers = build_loggers(chosen(config), run)
-    log_figure(loggers, tag, figure, step)
+    for tag, figure in figures.items():
+        log_figure(loggers, tag, figure, step)
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.finalize("success")

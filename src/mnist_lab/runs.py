@@ -4,6 +4,7 @@
     <run>/summary.txt            the Keras-style model summary
     <run>/checkpoints/           best.ckpt (by val/acc) and last.ckpt
     <run>/<figure>.png           history, per_class, mistakes, confusion_matrix, activations_<i>
+    <run>/test_outputs.npz       the test set's predictions the figures are drawn from (mnist_lab.figures)
     <run>/export/                model.onnx, model.pt2, model.torchscript.pt, weights.safetensors, model.yaml
     <run>/predictions/<source>/  predictions.csv and predictions.png (mnist_lab.predict)
     <run>/mlruns/                MLflow's local store (of a single run; a sweep keeps one in its sweep folder)
@@ -28,6 +29,7 @@ EXPORT = "export"
 EXPORT_FILES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.torchscript.pt",
                 "weights": "weights.safetensors", "yaml": "model.yaml"}
 PREDICTIONS = "predictions"
+TEST_OUTPUTS = "test_outputs.npz"
 MLRUNS = "mlruns"
 
 
@@ -83,6 +85,10 @@ class RunDir:
     def figure(self, name: str) -> Path:
         """The PNG `<run>/<name>.png`."""
         return self.path / f"{name}.png"
+
+    @property
+    def test_outputs(self) -> Path:
+        return self.path / TEST_OUTPUTS
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -105,7 +105,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from mnist_lab import runs
-    from mnist_lab.callbacks import ChunkProgressBar, EpochTime, HistoryPlot, TestFigures
+    from mnist_lab.callbacks import ChunkProgressBar, EpochTime, RunFigures
     from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
     from mnist_lab.loggers import HParams, build_loggers
 
@@ -131,7 +131,8 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     callbacks = [checkpoint, *([last] if validate else []), NonFiniteGuard(), GracefulInterrupt(run.path),
                  EpochTime(), HParams()]
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
-        callbacks += [HistoryPlot(run.path, cfg.logger), TestFigures(run.path, normalized=cfg.data.normalize)]
+        chosen = OmegaConf.to_container(cfg.logger, resolve=True)
+        callbacks.append(RunFigures(run.path, chosen, normalized=cfg.data.normalize))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(ChunkProgressBar())  # Lightning's own bar, which also counts plain steps
     plugins = []

@@ -1,0 +1,143 @@
+"""A finished run's figures, drawn from plain arrays: in the run's own process, or beside a sweep.
+
+    history.png, confusion_matrix.png, per_class.png, mistakes.png   in the run folder
+    test/predictions, test/confusion_matrix                          images in the run's loggers
+
+callbacks.RunFigures gathers what the test set gave (numpy arrays, a few hundred KB) and calls
+`draw`. A run on its own draws at once. The jobs of a sweep that Hydra's basic launcher runs one after
+another in one process hand the drawing to worker processes instead (spawned once per sweep, a
+quarter of the cores, at least one): the next job trains meanwhile, and the sweep's process waits for
+the last figures before it exits. A failed drawing is logged with its run folder; the run's metrics
+and checkpoints are not touched by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HISTORY_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
+log = logging.getLogger("mnist_lab")
+_pool: ProcessPoolExecutor | None = None
+
+
+def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
+    """Draw a run's figures from `payload` (see draw_now), at once or in a worker process."""
+    global _pool
+    if not background:
+        draw_now(payload)
+        return None
+    if _pool is None:
+        import multiprocessing
+
+        workers = max(1, len(os.sched_getaffinity(0)) // 4) if hasattr(os, "sched_getaffinity") else 1
+        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    future = _pool.submit(draw_now, payload)
+    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and log.error(
+        f"the figures of {run} failed: {f.exception()}; draw them again with python -m mnist_lab.figures {run}"))
+    return future
+
+
+def draw_now(payload: dict[str, Any]) -> None:
+    """payload: run_dir, chosen (the run's logger config), step, first (N, 28, 28) uint8 with first_labels,
+    labels (N,), probs (N, 10), wrong_images (M, 28, 28) uint8 with wrong_index (M,), confusion (10, 10)."""
+    import torch
+    from torchmetrics.classification import MulticlassConfusionMatrix
+
+    from mnist_lab import plots
+    from mnist_lab.loggers import log_to_run, read_scalars
+    from mnist_lab.runs import RunDir
+
+    run, chosen = RunDir(payload["run_dir"]), payload["chosen"]
+    plots.save(plots.history(read_scalars(run.path, HISTORY_TAGS, chosen)), run.figure("history"))
+    labels, probs = payload["labels"], payload["probs"]
+    preds = probs.argmax(1)
+    first = payload["first"]
+    n = len(first)
+    grid = plots.digit_grid(first, [f"{p} ({t})" for p, t in zip(preds[:n], labels[:n], strict=True)],
+                            list(preds[:n] != labels[:n]), title="test predictions: predicted (true), mistakes in red")
+    confusion = payload["confusion"]
+    matrix, _ = MulticlassConfusionMatrix(num_classes=len(confusion)).plot(torch.as_tensor(confusion))
+    matrix.set_size_inches(6, 6)
+    log_to_run(run, {"logger": chosen}, {"test/predictions": grid, "test/confusion_matrix": matrix}, payload["step"])
+    plots.close(grid)
+    plots.save(matrix, run.figure("confusion_matrix"))
+    counts = confusion.sum(1)
+    accuracy = np.diag(confusion) / np.maximum(counts, 1)  # per-class recall = accuracy
+    plots.save(plots.per_class(accuracy, counts), run.figure("per_class"))
+    order = payload["wrong_index"]
+    plots.save(plots.mistakes(payload["wrong_images"], labels[order], probs[order]), run.figure("mistakes"))
+
+
+def in_sweep_process() -> bool:
+    """Whether this is a job of a sweep whose jobs run one after another in this process (Hydra's basic
+    launcher): where drawing beside the next job saves time."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return False
+    return "BasicLauncher" in str(HydraConfig.get().launcher.get("_target_", ""))
+
+
+def saved_payload(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The payload a run kept in its folder (runs.RunDir.test_outputs), for drawing again on demand."""
+    from mnist_lab.runs import RunDir
+
+    path = RunDir(run_dir).test_outputs
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as saved:
+        payload: dict[str, Any] = {k: saved[k] for k in saved.files}
+    payload["step"] = int(payload["step"])
+    return payload
+
+
+def keep_payload(payload: Mapping[str, Any]) -> None:
+    """Save the arrays of a payload in its run folder (atomically), so the figures can be drawn again."""
+    from mnist_lab.runs import RunDir, atomic_path
+
+    arrays = {k: np.asarray(v) for k, v in payload.items() if k not in ("run_dir", "chosen")}
+    with atomic_path(RunDir(payload["run_dir"]).test_outputs) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m mnist_lab.figures RUN_OR_SWEEP...: draw the figures of finished runs again."""
+    import sys
+
+    import yaml
+
+    from mnist_lab.loggers import chosen
+    from mnist_lab.runs import RunDir
+
+    folders = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
+    if not folders:
+        print("usage: python -m mnist_lab.figures <run or sweep folder>...", file=sys.stderr)
+        return 2
+    runs = sorted(run for f in folders for run in
+                  ([f] if RunDir(f).config.is_file() else {p.parent for p in f.rglob(RunDir(f).config.name)}))
+    drawn = 0
+    for run in runs:
+        payload = saved_payload(run)
+        if payload is None:
+            continue
+        config = yaml.safe_load(RunDir(run).config.read_text()) or {}
+        draw_now({**payload, "run_dir": str(run), "chosen": dict(chosen(config))})
+        print(f"drew the figures of {run}")
+        drawn += 1
+    if not drawn:
+        print(f"no finished runs (with {RunDir(folders[0]).test_outputs.name}) under {', '.join(map(str, folders))}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
