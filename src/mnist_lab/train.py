@@ -84,6 +84,8 @@ def build_run(cfg: DictConfig, run: RunDir, net=None):
     train_limit = None
     if fast is not None:
         trainer_args.pop("gradient_clip_val")  # the fast path clips inside its steps
+        if fast["compile"] and trainer_args.get("benchmark") is None:
+            trainer_args["benchmark"] = True  # compiled convolutions need cuDNN's fastest algorithms (README, Speed)
         train_limit = trainer_args.pop("limit_train_batches")  # counted in batches, not in chunks of them
         if isinstance(train_limit, float):
             n_train = train_size(cfg.data.data_dir) - cfg.data.val_size
