@@ -44,7 +44,7 @@ def test_sweep_on_slurm(slurm, tiny_mnist, tmp_path):
     assert shutil.which("sbatch")
     sweep = tmp_path / "sweep"
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
-    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "model=mlp,convnet",
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "trainer=cpu", "model=mlp,convnet",
            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
            *overrides, "trainer.max_epochs=1"]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
@@ -72,7 +72,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tiny_mnist, tmp_path):
 
     sweep = tmp_path / "sweep"
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
-    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "model=mlp", "seed=0",
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "trainer=cpu", "model=mlp", "seed=0",
            "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}", *overrides, "trainer.max_epochs=600"]
     launcher = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
