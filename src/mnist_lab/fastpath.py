@@ -1,4 +1,4 @@
-"""The fast path: K optimizer steps per training_step, and on a GPU one CUDA graph per K steps.
+"""The fast path: K optimizer steps per training_step, replayed as CUDA graphs on a GPU.
 
 Lightning spends a fixed time on every training_step (its loops, hooks and callbacks), about as long
 as a whole MNIST step takes on a GPU. So the data module hands LitClassifier a chunk of K batches at
@@ -43,10 +43,6 @@ class ChunkRunner:
         self.forward = torch.compile(net) if compile else net
         self.optimizer_step = torch.compile(optimizer.step) if compile else optimizer.step
         self.graphs: dict[torch.Size, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, tuple]] = {}
-
-    def reset(self) -> None:
-        """Forget captured graphs: they point at tensors that a checkpoint restore or a move replaced."""
-        self.graphs.clear()
 
     def __call__(self, xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step per xs[k], ys[k], in order. Returns (losses (K,), correct (K,)) on the device."""
