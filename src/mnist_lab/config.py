@@ -99,7 +99,7 @@ class LoggerConfig:
 
 @dataclass
 class FastConfig:
-    """K optimizer steps per training_step, one CUDA graph per K steps on a GPU (src/mnist_lab/fastpath.py)."""
+    """K optimizer steps per training_step, replayed as CUDA graphs on a GPU (src/mnist_lab/fastpath.py)."""
 
     enabled: bool = True  # false: Lightning's plain loop, one batch per training_step
     steps: int | None = None  # K (Keras: steps_per_execution); null: auto (an epoch on a GPU, 32 on a CPU)
