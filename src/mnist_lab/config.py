@@ -103,7 +103,7 @@ class FastConfig:
 
     enabled: bool = True  # false: Lightning's plain loop, one batch per training_step
     steps: int | None = None  # K (Keras: steps_per_execution); null: auto (an epoch on a GPU, 32 on a CPU)
-    cuda_graph: bool = True  # on a GPU, capture a chunk of K full batches once and replay it
+    cuda_graph: bool = True  # on a GPU, capture 32 steps of full batches once and replay them
     compile: bool = False  # torch.compile the forward and the optimizer step (seconds of warm-up per run)
 
 
