@@ -1,4 +1,5 @@
-"""Callbacks that record a run: seconds per epoch, chunks in the progress bar, the run's figures.
+"""Callbacks that record a run: seconds per epoch, a line per epoch, the progress bar (chunks of K steps), the
+run's figures.
 
 matplotlib (mnist_lab.plots) is imported only when a figure is drawn, at the end of fit or test.
 """
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 
 from mnist_lab.data import MEAN, STD
+from mnist_lab.runlog import log
 from mnist_lab.runs import RunDir
 
 
@@ -40,19 +42,62 @@ class EpochTime(L.Callback):
         module.log("time/epoch_s", self.seconds[-1], on_epoch=True, reduce_fx="max")
 
 
-class ChunkProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, counting what the fast path trains per training_step: chunks of K steps."""
+class EpochLines(Checkpoint):
+    """One line per epoch, on the console and in train.log:
+
+        epoch 2/5: train loss 0.0721 acc 0.9781, val loss 0.0858 acc 0.9742, 1.9 s
+
+    Epochs count from 1 here, in the progress bar, the messages and history.png. It is a Checkpoint to
+    Lightning only so that its on_train_epoch_end runs after LightningModule.on_train_epoch_end (which logs
+    train/*) and after the epoch's checkpoints are written: a line printed is an epoch saved. It saves nothing.
+    """
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"{stage} loss {float(metrics[f'{stage}/loss']):.4f} acc {float(metrics[f'{stage}/acc']):.4f}"
+                 for stage in ("train", "val") if f"{stage}/loss" in metrics and f"{stage}/acc" in metrics]
+        if "time/epoch_s" in metrics:
+            parts.append(f"{float(metrics['time/epoch_s']):.1f} s")
+        log.info(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {', '.join(parts)}")
+
+
+class RunProgressBar(TQDMProgressBar):
+    """Lightning's live bar (in a terminal), counting what the fast path trains per training_step, chunks of
+    K steps, and epochs from 1 like the rest of the run's output; a run resumed mid-epoch shows that epoch
+    with its total; and the bars are closed before an error's line is printed, so the last thing on the
+    screen is the error, not a stale bar."""
 
     def init_train_tqdm(self):
         bar = super().init_train_tqdm()
-        bar.unit = " chunks"
+        if self._steps(self.trainer):
+            bar.unit = " chunks"
         return bar
+
+    @staticmethod
+    def _steps(trainer) -> int | None:
+        return trainer.datamodule.steps_per_item() if trainer.datamodule is not None else None
+
+    def _describe(self, trainer) -> None:
+        steps = self._steps(trainer)
+        chunks = f" (chunks of {steps} steps)" if steps else ""
+        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{chunks}")
+
+    def on_train_start(self, trainer, module) -> None:
+        super().on_train_start(trainer, module)
+        if trainer.fit_loop.restarted_mid_epoch:  # Lightning skips on_train_epoch_start for this epoch
+            self.train_progress_bar.reset(total=self.total_train_batches)
+            self._describe(trainer)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         super().on_train_epoch_start(trainer, module)
-        steps = trainer.datamodule.steps_per_item() if trainer.datamodule is not None else None
-        if steps and self.train_progress_bar is not None:
-            self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch} (chunks of {steps} steps)")
+        self._describe(trainer)
+
+    def on_exception(self, trainer, module, exception) -> None:
+        for bar in (self._train_progress_bar, self._val_progress_bar, self._test_progress_bar):
+            if bar is not None:
+                bar.close()
 
 
 class RunFigures(L.Callback):

@@ -22,7 +22,7 @@ CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # conf/ beside src
 @dataclass
 class DataConfig:
     data_dir: str = "${oc.env:MNIST_LAB_DATA_DIR,data}"  # holds MNIST/raw/; relative to the working dir
-    batch_size: int = 128
+    batch_size: int = 128  # images per training step
     val_size: int = 5000  # held out of the 60,000 training images; 0 trains on all (no validation)
     eval_batch_size: int = 1000  # validation and test: no gradients, so larger batches only run faster
     normalize: bool = True  # standardize with mean 0.1307, std 0.3081 after scaling /255
@@ -43,9 +43,9 @@ class OptimizerConfig:
     # Optional extras, passed to the optimizer when set (None: the optimizer's own default).
     alpha: float | None = None  # rmsprop's smoothing (torch: 0.99)
     rho: float | None = None  # keras_rmsprop's smoothing (Keras: 0.9)
-    eps: float | None = None
-    momentum: float | None = None
-    weight_decay: float | None = None
+    eps: float | None = None  # added for numerical stability (torch: 1e-8; Keras: 1e-7, inside the root)
+    momentum: float | None = None  # sgd's and rmsprop's momentum (torch: 0)
+    weight_decay: float | None = None  # L2 penalty on the weights (torch: 0)
 
 
 @dataclass
@@ -53,21 +53,21 @@ class TrainerConfig:
     """Passed to lightning.Trainer as keyword arguments."""
 
     accelerator: str = "auto"  # auto: the GPU where one is visible, else the CPU
-    devices: Any = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: Any = "32-true"
-    max_epochs: int = 5
-    log_every_n_steps: int = 50
-    enable_progress_bar: bool = True
-    num_sanity_val_steps: int = 2
+    devices: Any = 1  # devices per node: GPUs, or CPU processes under ddp
+    num_nodes: int = 1  # machines (Slurm nodes) for ddp
+    strategy: str = "auto"  # auto (one device), ddp, ddp_spawn (a local sweep over several devices)
+    precision: Any = "32-true"  # bf16-mixed for mixed precision on GPUs that support it
+    max_epochs: int = 5  # epochs to train
+    log_every_n_steps: int = 50  # Lightning's logging interval (train/* is logged once an epoch)
+    enable_progress_bar: bool | None = None  # null: a live bar where the output is a terminal (epoch lines always)
+    num_sanity_val_steps: int = 2  # validation batches run before training, to fail early
     limit_train_batches: Any = None  # a fraction or a number of batches; None: all
-    limit_val_batches: Any = None
-    limit_test_batches: Any = None
-    fast_dev_run: Any = False
-    deterministic: Any = False
+    limit_val_batches: Any = None  # likewise, validation batches
+    limit_test_batches: Any = None  # likewise, test batches
+    fast_dev_run: Any = False  # true: one batch of each stage, no figures (a smoke test)
+    deterministic: Any = False  # true: deterministic algorithms only (slower)
     benchmark: bool | None = None  # cudnn.benchmark: cuDNN times its convolution algorithms once per shape (GPU)
-    gradient_clip_val: float | None = None
+    gradient_clip_val: float | None = None  # clip the gradients' norm to this; null: no clipping
 
 
 @dataclass
@@ -84,7 +84,7 @@ class CSVConfig:
 class MLflowConfig:
     """An MLflow run per training run: params, metrics, figures as artifacts (pip install -e '.[mlflow]')."""
 
-    experiment_name: str = "mnist_lab"
+    experiment_name: str = "mnist_lab"  # the MLflow experiment the runs go into
     tracking_uri: str | None = None  # null: a local store, mlruns/ in the sweep folder under -m, else in the run folder
 
 
@@ -173,13 +173,14 @@ def validate(cfg: Any) -> None:
 RESUME_MAY_SET = ("threads", "trainer.enable_progress_bar", "data.data_dir")
 
 
-def check_launch(cfg: Any) -> None:
-    """Checks that need Hydra's view of the launch (run inside @hydra.main): resume= takes no other
-    overrides, and Lightning's `ddp` re-launch is refused under --multirun."""
+def check_launch(cfg: Any, hydra_cfg: Any = None) -> None:
+    """Checks that need Hydra's view of the launch (in @hydra.main, or `hydra_cfg` given: a sweep, before its
+    folder is made): resume= takes no other overrides, and Lightning's `ddp` re-launch is refused under
+    --multirun."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    hydra_cfg = HydraConfig.get()
+    hydra_cfg = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
     if cfg.get("resume"):  # the saved config is used: other overrides would silently not apply
         allowed = ("resume", *RESUME_MAY_SET)
         extra = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in allowed]
@@ -232,6 +233,99 @@ def flat_keys(schema: type, prefix: str = "") -> list[str]:
     return keys
 
 
+def field_comments(source: str) -> dict[tuple[str, str], str]:
+    """{(class name, field name): its trailing comment} of the dataclasses in `source` (this file's)."""
+    import ast
+    import io
+    import tokenize
+
+    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
+                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    found = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.lineno in comments:
+                    found[node.name, item.target.id] = comments[item.lineno]
+    return found
+
+
+def yaml_comments(path: Path) -> dict[str, str]:
+    """{key: its trailing comment, or ""} of a yaml file's top-level keys (the defaults list and _target_ aside)."""
+    import re
+
+    found = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"^(\w+):[^#]*(?:#\s*(.*))?$", line)
+        if m and m[1] != "defaults" and not m[1].startswith("_"):
+            found[m[1]] = (m[2] or "").strip()
+    return found
+
+
+def shown_value(value: Any) -> str:
+    """A config value as one would write it on the command line."""
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def help_text(*, _root_: Any) -> str:
+    """`python -m mnist_lab.train --help` (conf/hydra/help/mnist_lab.yaml): the config groups with their choices,
+    Hydra's launcher and sweeper included, and every key with its value in this composition (the default,
+    unless the command line set it) and its meaning, from this schema's own comments."""
+    import dataclasses
+    import typing
+
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    loader = GlobalHydra.instance().config_loader()
+    choices = OmegaConf.to_container(_root_.hydra.runtime.choices, resolve=False)
+    groups = [g for g in loader.list_groups("") if g != "hydra"]
+    groups += [f"hydra/{g}" for g in ("launcher", "sweeper") if g in loader.list_groups("hydra")]
+    lines = ["python -m mnist_lab.train [-m] [group=choice ...] [key=value ...]",
+             "Train on MNIST, then test the best checkpoint; -m runs a sweep (seed=0,1,2). README: examples.",
+             "", "Groups (group=choice; * marks the one in use):"]
+    for group in groups:
+        options = sorted(loader.get_group_options(group))
+        used = choices.get(group)
+        shown = [f"{o}*" if o == used or (isinstance(used, str) and o in used.strip("[]").split(",")) else o
+                 for o in options]
+        note = "" if used else "  (none in use)"
+        lines.append(f"  {group:<16}{', '.join(shown)}{note}")
+    lines.append("  several loggers at once: logger=[tensorboard,csv]")
+
+    source = Path(__file__).read_text()
+    comments = field_comments(source)
+    values = OmegaConf.to_container(_root_, resolve=False)
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(schema: type, node: Any, prefix: str) -> None:
+        for f in dataclasses.fields(schema):
+            hint = typing.get_type_hints(schema)[f.name]
+            nested = next((k for k in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(k)), None)
+            value = node.get(f.name) if isinstance(node, dict) else None
+            if nested is not None:
+                walk(nested, value, f"{prefix}{f.name}.")
+                continue
+            if not isinstance(node, dict):  # a section that is off (logger.mlflow without logger=mlflow)
+                value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + f.name, shown_value(value), comments.get((schema.__name__, f.name), "")))
+
+    walk(Config, values, "")
+    for group in ("launcher", "sweeper"):
+        used = choices.get(f"hydra/{group}")
+        path = Path(CONF_DIR) / "hydra" / group / f"{used}.yaml"
+        if used and path.is_file():
+            section = values["hydra"][group]
+            rows += [(f"hydra.{group}.{k}", shown_value(section.get(k)), c) for k, c in yaml_comments(path).items()]
+    width = max(len(key) for key, _, _ in rows) + 2
+    lines += ["", "Keys (key=value; the value in this composition, then what it means):"]
+    for key, value, meaning in rows:
+        lines.append(f"  {key:<{width}}{value:<12} {meaning}".rstrip())
+    if choices.get("hydra/launcher") != "slurm":
+        lines += ["", "hydra/launcher=slurm --help lists the Slurm launcher's keys too."]
+    return "\n".join(lines).replace("$", "$$")  # Hydra fills the template with string.Template
+
+
 def gpus_per_node(accelerator: str, devices: Any) -> Any:
     """For hydra/launcher=slurm: GPUs to ask Slurm for, from the trainer config (None on CPU).
 
@@ -250,6 +344,8 @@ def register() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
     if not OmegaConf.has_resolver("gpus_per_node"):
         OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node)
+    if not OmegaConf.has_resolver("mnist_lab_help"):
+        OmegaConf.register_new_resolver("mnist_lab_help", help_text)
 
 
 register()

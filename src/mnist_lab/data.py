@@ -13,8 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mnist_lab.errors import DataError
-from mnist_lab.idx import RAW_FILES, check_raw_files, raw_folder
+from mnist_lab.idx import check_raw_files, ensure_raw_files
 
 MEAN, STD = 0.1307, 0.3081  # of the 60,000 training images, scaled to [0, 1]
 
@@ -189,20 +188,8 @@ class MNISTDataModule(L.LightningDataModule):
         self.train_x = self.train_y = self.val_x = self.val_y = self.test_x = self.test_y = None
 
     def prepare_data(self) -> None:
-        folder = raw_folder(self.data_dir)
-        if self.download and not all((folder / name).is_file() for name in RAW_FILES):
-            from torchvision.datasets import MNIST
-
-            try:
-                MNIST(self.data_dir, train=True, download=True)  # fetches all four, md5-checked
-            except (RuntimeError, OSError) as err:
-                first = str(err).strip().splitlines()[0]
-                raise DataError(
-                    f"MNIST download into {folder} failed ({first}). Offline? Place the four raw IDX "
-                    f"files ({', '.join(RAW_FILES)}) there, or set data.data_dir= (or MNIST_LAB_DATA_DIR) "
-                    "to a folder holding MNIST/raw/."
-                ) from None
-        check_raw_files(self.data_dir, checksums=self.verify_checksums)
+        # train() has checked the files before making the run folder; this is for the data module alone
+        ensure_raw_files(self.data_dir, download=self.download, checksums=self.verify_checksums)
 
     def _shape(self, images: torch.Tensor) -> torch.Tensor:
         return images.reshape(len(images), *self.input_shape)

@@ -33,6 +33,10 @@ class Interrupted(MnistLabError):
     """Ctrl-C or SIGTERM: a checkpoint was saved and the run can be resumed."""
 
 
+class WriteError(MnistLabError):
+    """A file could not be written (a full disk, a quota, no permission); the earlier file is kept whole."""
+
+
 class ExportCheckError(MnistLabError):
     """An exported file whose outputs differ from the eager model's."""
 

@@ -1,4 +1,5 @@
-"""Callbacks that end a run cleanly: on a non-finite loss, and on Ctrl-C or SIGTERM."""
+"""What ends a run cleanly and keeps its files whole: checkpoints written atomically, a stop on a non-finite
+loss, and on Ctrl-C or SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,16 +8,33 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins import TorchCheckpointIO
 
 from mnist_lab.errors import Interrupted, TrainingError
-from mnist_lab.runs import RunDir, atomic_path
+from mnist_lab.runs import RunDir, atomic_path, shown
 
 
-def save_atomically(trainer: L.Trainer, path: Path) -> None:
-    """trainer.save_checkpoint through runs.atomic_path: a kill mid-write leaves the old file. Every rank
-    calls it; rank 0 writes."""
-    with atomic_path(path, commit=trainer.is_global_zero) as tmp:
-        trainer.save_checkpoint(tmp, weights_only=False)  # the full state: optimizer and loops included
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer (the Trainer's plugin for every checkpoint it saves), writing to a
+    temporary name in the checkpoint's own folder and renaming it into place (runs.atomic_path).
+
+    Lightning's own writer goes through fsspec's transaction, whose temporary file is in the system's temp
+    folder: where the run folder is on another filesystem the final move is a copy, which a full disk, a
+    quota or a kill stops half-way, destroying the previous checkpoint. A rename in one folder cannot.
+    """
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        if storage_options is not None:
+            raise TypeError("storage_options are not supported by AtomicCheckpointIO")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            try:
+                torch.save(checkpoint, f)  # a file object: a full disk surfaces as OSError (ENOSPC)
+            except RuntimeError as err:
+                if isinstance(err.__context__, OSError):  # torch's zip writer, closing, hid the OSError
+                    raise err.__context__ from None
+                raise
 
 
 class NonFiniteGuard(L.Callback):
@@ -58,10 +76,10 @@ class NonFiniteGuard(L.Callback):
 
     def stop(self, trainer, step: int, loss: float) -> None:
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        kept = f"the best checkpoint so far is kept: {best}" if best else "no checkpoint was written yet"
+        kept = f"Kept: {shown(best)} (the best so far)" if best else "No checkpoint was written yet."
         raise TrainingError(
-            f"loss became non-finite ({loss:g}) at step {step} (epoch {trainer.current_epoch}): "
-            f"training stopped; lower optimizer.lr or set trainer.gradient_clip_val; {kept}"
+            f"loss became non-finite ({loss:g}) at step {step} (epoch {trainer.current_epoch + 1}): "
+            f"stopped; lower optimizer.lr or set trainer.gradient_clip_val. {kept}"
         )
 
 
@@ -74,8 +92,8 @@ class GracefulInterrupt(L.Callback):
     checkpoints) and the run stops as the next epoch starts: Lightning, resuming from a checkpoint
     saved after an epoch's last step, counts the epoch as done and never validates it.
 
-    A second Ctrl-C stops at once. Under DDP Lightning's own SIGTERM handling is left in place
-    (the ranks must agree on where to stop).
+    A second Ctrl-C stops at once, saving nothing more, and says what there is to resume from. Under DDP
+    Lightning's own SIGTERM handling is left in place (the ranks must agree on where to stop).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -88,32 +106,38 @@ class GracefulInterrupt(L.Callback):
     def on_train_start(self, trainer, module) -> None:
         if trainer.world_size > 1 or not hasattr(signal, "SIGTERM"):
             return
+        self.trainer = trainer
         for sig in self.SIGNALS:
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        if self.received is not None and signum == signal.SIGINT:  # a second Ctrl-C: stop now
+            self._restore()
+            run = RunDir(self.run_dir)
+            then = (f"resume from {run.last_ckpt.relative_to(run.path)} with: python -m mnist_lab.train "
+                    f"resume={shown(run.path)}") if run.last_ckpt.is_file() else "no checkpoint yet: start it again"
+            raise Interrupted(f"SIGINT received again: stopped at once in epoch {self.trainer.current_epoch + 1}, "
+                              f"saving nothing more; {then}")
         self.received = signum
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if self.received is not None and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self.stop(trainer, f"epoch {trainer.current_epoch}")
+            self.stop(trainer, f"epoch {trainer.current_epoch + 1}")  # epochs count from 1 in what a run prints
 
     def on_train_epoch_start(self, trainer, module) -> None:
         if self.received is not None:  # last.ckpt is the one the epoch's end just wrote
-            self.stop(trainer, f"at the end of epoch {trainer.current_epoch - 1}", save=False)
+            self.stop(trainer, f"at the end of epoch {trainer.current_epoch}", save=False)
 
     def stop(self, trainer, where: str, save: bool = True) -> None:
         name = signal.Signals(self.received).name
-        path = RunDir(self.run_dir).last_ckpt
-        if save:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_atomically(trainer, path)
+        run = RunDir(self.run_dir)
+        if save:  # the full state, loops included; rank 0 writes (AtomicCheckpointIO)
+            trainer.save_checkpoint(run.last_ckpt, weights_only=False)
         self._restore()
         raise Interrupted(
             f"{name} received: stopped after step {trainer.global_step} ({where}) and "
-            f"saved {path}; resume with: python -m mnist_lab.train resume={self.run_dir}"
+            f"saved {run.last_ckpt.relative_to(run.path)}; resume with: python -m mnist_lab.train "
+            f"resume={shown(run.path)}"
         )
 
     def on_train_end(self, trainer, module) -> None:

@@ -3,23 +3,52 @@
 from __future__ import annotations
 
 import logging
+import time
+from pathlib import Path
 from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from mnist_lab.runs import SWEEP_LOG, shown
+
 log = logging.getLogger("mnist_lab")
 
 
 class ReportFailures(Callback):
-    """In a multirun, log each failed job with its overrides as it ends.
+    """In a multirun: refuse a launch that cannot work before the sweep folder is made (Lightning's `ddp`
+    re-launch, config.check_launch); log each failed job with the overrides the sweep varies as it ends
+    (Hydra's basic launcher runs every job, then raises the first failure only); and keep the sweep folder's
+    sweep.log, a line for every job: its test accuracy and folder, or its failure's one line (the job's own
+    train.log has the cause)."""
 
-    Hydra's basic launcher runs every job, then raises the first failure only.
-    """
+    swept: set[str] | None = None  # the keys the sweep varies: a job is named by their values
+
+    def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        from mnist_lab.config import check_launch
+
+        check_launch(config, config.hydra)
+        overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        self.swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
 
     def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
-        if job_return.status == JobStatus.FAILED and config.hydra.mode == RunMode.MULTIRUN:
-            line = f"job {config.hydra.job.get('num', 0)} ({' '.join(job_return.overrides or [])}) failed: " \
-                   f"{job_return._return_value}"
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        overrides = [o for o in job_return.overrides or [] if not self.swept or o.split("=", 1)[0] in self.swept]
+        job = f"job {config.hydra.job.get('num', 0)} ({' '.join(overrides)})"
+        if job_return.status == JobStatus.FAILED:
+            line = f"{job} failed: {job_return._return_value}"
             log.error(line)
+        else:
+            value = job_return._return_value
+            result = f"test/acc {value:.4f}" if isinstance(value, float) else "done"
+            line = f"{job} finished: {result}, in {shown(config.hydra.runtime.output_dir)}"
+        sweep_log = Path(config.hydra.sweep.dir) / SWEEP_LOG
+        try:
+            with sweep_log.open("a", encoding="utf-8") as f:  # appended: jobs on a cluster end side by side
+                f.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] {line}\n")
+        except OSError as err:
+            log.warning(f"could not add to {shown(sweep_log)}: {err.strerror}")

@@ -1,7 +1,8 @@
-"""MNIST's four raw files and the IDX format they are in: names, headers, checks, reading.
+"""MNIST's four raw files and the IDX format they are in: names, headers, checks, fetching, reading.
 
 An IDX file is a 4-byte magic number (2051 for images, 2049 for labels), one big-endian uint32 per
-dimension, then the uint8 values. No torch here: predict reads the test set with numpy alone.
+dimension, then the uint8 values. No torch here: predict reads the test set with numpy alone (torchvision
+is imported only to download a missing file).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from pathlib import Path
 
 from mnist_lab.errors import DataError
+from mnist_lab.runs import shown
 
 # name -> (IDX magic number, shape, SHA-256 of the official file)
 RAW_FILES = {
@@ -44,20 +46,27 @@ def read_header(path: Path, magic: int | None = None) -> tuple[int, ...]:
         expected = magic if magic is not None else got
         if got != expected or got not in MAGIC_NDIM:
             want = expected if expected in MAGIC_NDIM else "2051 or 2049"
-            raise DataError(f"{path} is not an MNIST IDX file: magic number {got}, expected {want}. "
+            raise DataError(f"{shown(path)} is not an MNIST IDX file: magic number {got}, expected {want}. "
                             "Replace it with the original file.")
         ndim = MAGIC_NDIM[got]
         raw = f.read(4 * ndim)
     dims = tuple(int.from_bytes(raw[4 * i: 4 * i + 4], "big") for i in range(len(raw) // 4))
     promised = 4 + 4 * ndim + (math.prod(dims) if len(dims) == ndim else 0)
     if len(dims) != ndim or size != promised:
-        raise DataError(f"{path} is truncated or padded: {size} bytes, its header promises {promised}. "
+        raise DataError(f"{shown(path)} is truncated or padded: {size} bytes, its header promises {promised}. "
                         "Replace it with the original file.")
     return dims
 
 
+def lacking(names: list[str]) -> str:
+    """Missing raw files as a message names them: "a", "a and b", "a, b and c", or all four in brace notation."""
+    if len(names) == len(RAW_FILES):
+        return "all four, {train,t10k}-{images-idx3,labels-idx1}-ubyte"
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def check_raw_files(data_dir: str | os.PathLike, checksums: bool = True) -> None:
-    """Raise DataError unless the four raw IDX files are present and whole.
+    """Raise DataError unless the four raw IDX files are present and whole, naming the missing or damaged file.
 
     Always checks each header (magic number, dimensions) against the file size; with `checksums`
     also the SHA-256 of the official files (off for generated test data).
@@ -66,9 +75,8 @@ def check_raw_files(data_dir: str | os.PathLike, checksums: bool = True) -> None
     missing = [name for name in RAW_FILES if not (folder / name).is_file()]
     if missing:
         raise DataError(
-            f"MNIST not found: {folder} lacks {', '.join(missing)}. Place the four raw IDX files "
-            f"({', '.join(RAW_FILES)}) there, or set data.data_dir= (or MNIST_LAB_DATA_DIR) "
-            "to a folder holding MNIST/raw/, or go online with data.download=true."
+            f"MNIST not found: {shown(folder)} lacks {lacking(missing)}; place them there, set data.data_dir= to "
+            "a folder with MNIST/raw/, or set data.download=true"
         )
     for name, (magic, _, sha256) in RAW_FILES.items():
         path = folder / name
@@ -78,8 +86,8 @@ def check_raw_files(data_dir: str | os.PathLike, checksums: bool = True) -> None
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest != sha256:
                 raise DataError(
-                    f"{path} is corrupted: SHA-256 {digest[:12]}..., expected {sha256[:12]}... "
-                    "Replace it with the original file (or data.verify_checksums=false for your own IDX data)."
+                    f"{shown(path)} is corrupted: SHA-256 {digest[:12]}..., expected {sha256[:12]}...; replace it "
+                    "with the original file (delete it, and data.download=true fetches it again)"
                 )
             _VERIFIED.add((path, stat.st_size, stat.st_mtime_ns))
 
@@ -87,6 +95,63 @@ def check_raw_files(data_dir: str | os.PathLike, checksums: bool = True) -> None
 # Files whose SHA-256 matched in this process, as (path, size, mtime): the jobs of a sweep, run one
 # after another in one process, hash 55 MB once, not once a job. A changed file is hashed again.
 _VERIFIED: set[tuple[Path, int, int]] = set()
+
+
+def ensure_raw_files(data_dir: str | os.PathLike, download: bool = True, checksums: bool = True) -> None:
+    """The four raw files present and whole, checked before a run makes its folder: with `download`, each
+    missing one fetched from torchvision's MNIST mirrors; then check_raw_files. Raises DataError naming the
+    missing or damaged file."""
+    folder = raw_folder(data_dir)
+    missing = [name for name in RAW_FILES if not (folder / name).is_file()]
+    if missing and download:
+        try:
+            for name in missing:
+                fetch(folder, name)
+        except OSError as err:
+            import socket
+
+            still = [name for name in RAW_FILES if not (folder / name).is_file()]
+            reason = getattr(err, "reason", err)  # a URLError's reason: the socket's error
+            if isinstance(reason, socket.gaierror):
+                reason = "no network: name lookup failed"
+            reason = (getattr(reason, "strerror", None) or str(reason))[:40]
+            raise DataError(f"MNIST download failed ({reason}): {shown(folder)} lacks {lacking(still)}; place them "
+                            "there or set data.data_dir= to a folder with MNIST/raw/") from err
+    check_raw_files(data_dir, checksums=checksums)
+
+
+def fetch(folder: Path, name: str) -> None:
+    """Download the raw file `name` into `folder` with torchvision (its mirrors, each file's MD5), through a
+    temporary folder beside it: a download cut short leaves no partial file under the real name."""
+    import tempfile
+
+    from torchvision.datasets import MNIST
+    from torchvision.datasets import utils as tv_utils
+
+    archive, md5 = next((f, m) for f, m in MNIST.resources if f == f"{name}.gz")
+    folder.mkdir(parents=True, exist_ok=True)
+    error: OSError | None = None
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+        for mirror in MNIST.mirrors:
+            try:
+                with _quiet_download_bar(tv_utils):
+                    tv_utils.download_and_extract_archive(mirror + archive, download_root=tmp, filename=archive,
+                                                          md5=md5)
+            except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad MD5 a RuntimeError
+                error = err if isinstance(err, OSError) else OSError(str(err))
+                continue
+            os.replace(Path(tmp) / name, folder / name)
+            return
+    raise error or OSError(f"no mirror has {archive}")
+
+
+def _quiet_download_bar(tv_utils):
+    """torchvision's download bar, drawn only where stdout is a terminal (tqdm's disable=None): in a log file
+    its redraws would pile up."""
+    import functools
+    from unittest import mock
+
+    return mock.patch.object(tv_utils, "tqdm", functools.partial(tv_utils.tqdm, disable=None))
 
 
 def read_idx(path: Path):

@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
-from mnist_lab.runs import MLRUNS, RunDir
+from mnist_lab.runs import MLRUNS, RunDir, atomic_path
 
 METRICS_CSV = ExperimentWriter.NAME_METRICS_FILE  # metrics.csv
 HP_METRICS = ("hp/val_acc", "hp/val_loss", "hp/test_acc", "hp/test_loss")  # TensorBoard's HPARAMS columns
@@ -47,13 +49,34 @@ def build_loggers(chosen: Mapping, run: RunDir) -> list:
 
 
 class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer, except that it takes a run folder that already holds files, and a resumed
-    run appends to its metrics.csv (Lightning's writer would warn, then delete the file)."""
+    """Lightning's CSV writer, except that it takes a run folder that already holds files, a resumed run
+    appends to its metrics.csv (Lightning's writer would warn, then delete the file), and both files are
+    written whole under a temporary name and renamed (runs.atomic_path): an append or a rewrite cut short
+    by a full disk would leave half a file."""
 
     def _check_log_dir_exists(self) -> None:
         if self._fs.isfile(self.metrics_file_path):
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = next(csv.reader(f), [])  # the header: new keys widen it, old ones stay
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        self._record_new_keys()
+        rows = []
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        with atomic_path(self.metrics_file_path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys)
+            writer.writeheader()
+            writer.writerows(rows + self.metrics)
+        self.metrics = []
+
+    def log_hparams(self, params: dict[str, Any]) -> None:
+        self.hparams.update(params)
+        with atomic_path(os.path.join(self.log_dir, self.NAME_HPARAMS_FILE)) as tmp:
+            save_hparams_to_yaml(tmp, self.hparams)
 
 
 class RunCSVLogger(CSVLogger):

@@ -23,6 +23,7 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> d
     """torch.load with weights_only=True (never unpickles arbitrary objects), checked to be an mnist_lab
     checkpoint (of `model_name`, when given). Raises CheckpointError with a one-line message."""
     import pickle
+    import re
 
     path = Path(path)
     if not path.is_file():
@@ -31,17 +32,13 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> d
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        globals_ = [line.strip() for line in str(err).splitlines() if "GLOBAL" in line]
-        if not globals_:  # not a zip and not a pickle of plain data: damaged bytes
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupted (unreadable pickle): "
-                                  "use another one, e.g. the run's checkpoints/best.ckpt, or retrain") from None
-        raise CheckpointError(f"checkpoint {path} holds Python objects that are not plain data ({globals_[0]}); "
-                              "it was not loaded, since unpickling them could run code: use an mnist_lab "
-                              "checkpoint") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))  # torch's message names the first such object
+        if found:
+            raise CheckpointError(f"checkpoint {path} holds Python objects that could run code when unpickled "
+                                  f"({found[1]}); it was not loaded: use an mnist_lab checkpoint") from err
+        raise unreadable(path) from err
     except Exception as err:  # damaged bytes surface as many types (RuntimeError, EOFError, IndexError, ...)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({first}): "
-                              "use another one, e.g. the run's checkpoints/best.ckpt, or retrain") from None
+        raise unreadable(path) from err
     model = ckpt.get("hyper_parameters", {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model, dict) or "state_dict" not in ckpt or model.get("name") not in models.MODELS:
         raise CheckpointError(f"{path} is not an mnist_lab checkpoint (no model config in its hyper_parameters): "
@@ -50,6 +47,12 @@ def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> d
         raise CheckpointError(f"checkpoint {path} holds a {model['name']}, not a {model_name}: "
                               f"use model={model['name']} or a {model_name} checkpoint")
     return ckpt
+
+
+def unreadable(path: Path) -> CheckpointError:
+    """A file torch.load cannot read (torch's own words, about zip records, go to the run's log as the cause)."""
+    return CheckpointError(f"checkpoint {path} is truncated, damaged or not a checkpoint at all: use another one, "
+                           "e.g. the run's checkpoints/best.ckpt, or retrain")
 
 
 def load_net(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -62,8 +65,8 @@ def load_net(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn
     try:
         net.load_state_dict(state)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: its weights do not fit a {model['name']} "
-                              f"({str(err).splitlines()[0]}); use a checkpoint written by mnist_lab.train") from None
+        raise CheckpointError(f"{path}: its weights do not fit a {model['name']} of its own config; use a "
+                              "checkpoint written by mnist_lab.train") from err
     return net.eval(), ckpt
 
 

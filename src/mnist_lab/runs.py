@@ -1,6 +1,7 @@
 """A run folder's layout and atomic writes: every path into a run folder comes from here.
 
     <run>/config.yaml            the resolved config (resume= reads it back)
+    <run>/train.log              the run's record: what it printed, epoch lines, test metrics, errors
     <run>/summary.txt            the Keras-style model summary
     <run>/checkpoints/           best.ckpt (by val/acc) and last.ckpt
     <run>/<figure>.png           history, per_class, mistakes, confusion_matrix, activations_<i>
@@ -9,19 +10,23 @@
     <run>/predictions/<source>/  predictions.csv and predictions.png (mnist_lab.predict)
     <run>/mlruns/                MLflow's local store (of a single run; a sweep keeps one in its sweep folder)
 
-The loggers' own files (TensorBoard events, metrics.csv, hparams.yaml) sit in the run folder too.
-No torch here: predict imports this module.
+The loggers' own files (TensorBoard events, metrics.csv, hparams.yaml) sit in the run folder too, and
+Hydra's record of the command in .hydra/. A sweep folder holds multirun.yaml (Hydra's), sweep.log (how
+each job ended) and the run folders. No torch here: predict imports this module.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.txt"
+LOG = "train.log"  # Hydra's default name for a job's log (the job is mnist_lab.train)
+SWEEP_LOG = "sweep.log"
 CHECKPOINTS = "checkpoints"
 BEST = "best"  # ModelCheckpoint's filename: checkpoints/best.ckpt
 LAST = "last"  # Lightning's name for save_last: checkpoints/last.ckpt
@@ -56,6 +61,10 @@ class RunDir:
     @property
     def summary(self) -> Path:
         return self.path / SUMMARY
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG
 
     @property
     def checkpoints(self) -> Path:
@@ -105,20 +114,60 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     return path
 
 
+def shown(path: str | os.PathLike) -> str:
+    """`path` as messages show it: relative to the working folder when it is inside it (outputs/runs/...)."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def free_space(folder: str | os.PathLike) -> str:
+    """The free space on `folder`'s filesystem, for a message: "1.9 MB"."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if free >= size:
+            return f"{free / size:.1f} {unit}"
+    return f"{free} bytes"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, commit: bool = True) -> Iterator[Path]:
-    """A temporary name beside `path` to write to; renamed to `path` when the block ends without an error,
-    so a reader never sees half a file and a kill mid-write leaves the old one. commit=False leaves the
-    rename out (a rank that wrote nothing)."""
+    """A temporary name beside `path` to write to; flushed to disk and renamed to `path` when the block ends
+    without an error, so a reader never sees half a file and a kill mid-write leaves the old one. commit=False
+    leaves the rename out (a rank that wrote nothing). A write that fails (a full disk, a quota) raises
+    WriteError naming the folder, the file and the free space; the earlier file stays as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         if commit:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # a network filesystem may report a full disk only now
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)  # first: the free space reported is what the earlier file leaves
+        raise write_failed(path, err) from err
     finally:
         if commit:
             tmp.unlink(missing_ok=True)
+
+
+def write_failed(path: Path, err: OSError):
+    """The WriteError for `path`, whose write failed with `err`."""
+    from mnist_lab.errors import WriteError
+
+    reason = err.strerror or type(err).__name__  # e.g. "No space left on device", "Disk quota exceeded"
+    kept = f"the earlier {path.name} is kept whole" if path.exists() else f"no {path.name} was written"
+    return WriteError(f"writing {path.name} into {shown(path.parent)} failed: {reason} "
+                      f"({free_space(path.parent)} free there); {kept}")
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

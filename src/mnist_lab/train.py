@@ -6,8 +6,10 @@
     python -m mnist_lab.train export=true                           # also export the best checkpoint
     python -m mnist_lab.train resume=outputs/runs/<time>            # continue an interrupted run
 
+It prints the model summary, one line per epoch and the test metrics (a live progress bar too where the
+output is a terminal); train.log in the run folder keeps the same, with times, and any error with its cause.
 A run folder (outputs/runs/<time>/, or outputs/sweeps/<time>/<n>_<model>_<overrides>/ under -m)
-holds config.yaml (resolved), summary.txt, checkpoints/{best,last}.ckpt, what its loggers wrote
+holds config.yaml (resolved), train.log, summary.txt, checkpoints/{best,last}.ckpt, what its loggers wrote
 (logger=tensorboard, the default: event files, `tensorboard --logdir outputs`; logger=csv: metrics.csv;
 logger=mlflow: an MLflow store) and the run's figures (history, per-class accuracy, mistakes, confusion
 matrix). mnist_lab.runs lists the layout. Offline, point data.data_dir= (or
@@ -24,14 +26,31 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import config as _config  # registers the typed configs
+from mnist_lab import runlog
 from mnist_lab.config import CONF_DIR
-from mnist_lab.runs import RunDir, write_text
+from mnist_lab.runlog import log
+from mnist_lab.runs import RunDir, shown, write_text
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit, test on the best checkpoint, and return the test metrics ({"test/acc": ..., "test/loss": ...})."""
+    """Fit, test on the best checkpoint, and return the test metrics ({"test/acc": ..., "test/loss": ...}).
+
+    What it prints also goes to the run folder's train.log (runlog.recorded), an error with its cause."""
+    resume = Path(cfg.resume).expanduser() if cfg.get("resume") else None
+    # a resumed run's record continues in its own log, where it has one
+    run_dir = resume if resume is not None and RunDir(resume).config.is_file() else Path(cfg.output_dir)
+    with runlog.recorded(run_dir, rank_zero=runlog.rank_zero()):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
+    from mnist_lab.idx import ensure_raw_files
+
+    quiet_lightning()
     _config.validate(cfg)  # before any data is read or output written
     cfg, ckpt_path = continued(cfg)
+    # the data files too, before the run folder is made: a missing or damaged file leaves no folder behind
+    ensure_raw_files(cfg.data.data_dir, download=cfg.data.download, checksums=cfg.data.verify_checksums)
 
     import lightning as L
     import torch
@@ -49,16 +68,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     net = build_model(**plain["model"])
     table = summary(net)
-    print(table)
+    log.info(table)
     write_text(run.summary, table + "\n")
 
     trainer, module, datamodule = build_run(cfg, run, net)
-    print(describe_device(trainer, cfg, module.fast))
+    log.info(describe_device(trainer, cfg, module.fast))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     test_ckpt = None if cfg.trainer.fast_dev_run else "best"
     results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
     metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
-    print("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  ({run.path})")
+    log.info("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  ({shown(run.path)})")
     if cfg.export and trainer.is_global_zero:
         from mnist_lab.export import export  # ONNX and friends load only when asked
 
@@ -107,8 +126,8 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from mnist_lab import runs
-    from mnist_lab.callbacks import ChunkProgressBar, EpochTime, RunFigures
-    from mnist_lab.guards import GracefulInterrupt, NonFiniteGuard
+    from mnist_lab.callbacks import EpochLines, EpochTime, RunFigures, RunProgressBar
+    from mnist_lab.guards import AtomicCheckpointIO, GracefulInterrupt, NonFiniteGuard
     from mnist_lab.loggers import HParams, build_loggers
 
     quiet_lightning()
@@ -135,9 +154,11 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
         chosen = OmegaConf.to_container(cfg.logger, resolve=True)
         callbacks.append(RunFigures(run.path, chosen, normalized=cfg.data.normalize))
-    if cfg.trainer.enable_progress_bar:
-        callbacks.append(ChunkProgressBar())  # Lightning's own bar, which also counts plain steps
-    plugins = []
+    callbacks.append(EpochLines())  # after the checkpoints: its line says the epoch is saved
+    trainer_args = {**trainer_args, "enable_progress_bar": runlog.show_progress_bar(cfg.trainer.enable_progress_bar)}
+    if trainer_args["enable_progress_bar"]:
+        callbacks.append(RunProgressBar())  # Lightning's own bar, which also counts plain steps
+    plugins = [AtomicCheckpointIO()]  # every checkpoint to a temporary name in its folder, then renamed
     if SLURMEnvironment.detect():
         # Slurm started the ranks. Requeueing on preemption or at the time limit is submitit's (its
         # SIGUSR2 handler requeues the job and exits); Lightning's own auto-requeue would race it.
@@ -178,8 +199,8 @@ def describe_device(trainer, cfg: DictConfig, fast: dict | None) -> str:
 
 
 def quiet_lightning() -> None:
-    """Lightning's INFO lines once (under Hydra its own handler and Hydra's both print them), and no
-    warnings that concern Lightning's internals rather than the run."""
+    """Lightning's INFO lines through the run's handlers (under Hydra: into train.log, not on the console;
+    mnist_lab.runlog), and no warnings that concern Lightning's internals or choices made here on purpose."""
     import logging
     import warnings
 
@@ -191,6 +212,11 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # val_size=0
     warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy")  # torchmetrics plot
     warnings.filterwarnings("ignore", message=r"The `srun` command is available")  # a local run on a Slurm host
+    # A run folder holds its checkpoints: a resumed run writes into it on purpose.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # callbacks.EpochLines is a Checkpoint to Lightning; "best" is the first one's, as intended.
+    warnings.filterwarnings("ignore", message=r".*\"best\"\)` is called with Trainer configured with multiple")
+    # train/* is logged once an epoch: a short epoch has nothing to log every n steps either.
     # The fast path logs once an epoch, and an epoch is a few training_steps of K steps each.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
 
@@ -209,22 +235,51 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         if not run.last_ckpt.is_file():
             raise CheckpointError(f"resume={cfg.resume}: {run.last_ckpt} not found; the run saved no checkpoint "
                                   "yet, so start it again instead")
-        loaded = OmegaConf.load(run.config)
-        if "logger" not in loaded:  # saved before the logger group: TensorBoard
-            loaded.logger = {"tensorboard": {}}
-        saved = OmegaConf.merge(OmegaConf.structured(_config.Config), loaded)
+        saved = saved_config(run, cfg.resume)
         for key in _config.RESUME_MAY_SET:  # this call's values
             OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
         saved.output_dir, saved.resume = str(run.path), str(run.path)
-        _config.validate(saved)  # e.g. its logger may need a package this machine lacks
-        load_checkpoint(run.last_ckpt, model_name=saved.model.name)
+        try:
+            _config.validate(saved)  # e.g. its logger may need a package this machine lacks
+        except ConfigError as err:
+            raise ConfigError(f"resume={cfg.resume}: in its config.yaml, {err}") from None
+        ckpt = load_checkpoint(run.last_ckpt, model_name=saved.model.name)
+        log.info(f"resuming {shown(run.path)} from {run.last_ckpt.relative_to(run.path)}, saved after step "
+                 f"{ckpt.get('global_step', 0)} (epoch {ckpt.get('epoch', 0) + 1})")
         return saved, str(run.last_ckpt)
     run = RunDir(cfg.output_dir)
     if requeued() and run.last_ckpt.is_file():  # the same job again: its config is cfg
         load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
-        print(f"requeued job: resuming from {run.last_ckpt}")
+        log.info(f"requeued job: resuming from {run.last_ckpt}")
         return cfg, str(run.last_ckpt)
     return cfg, None
+
+
+def saved_config(run: RunDir, given: str) -> DictConfig:
+    """A run's config.yaml, read and checked against the typed schema; ConfigError (one line) where it was
+    damaged or hand-edited to what the schema cannot take."""
+    import yaml
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mnist_lab.errors import ConfigError
+
+    started = run.path / ".hydra" / "config.yaml"  # Hydra's record of the config the run started with
+    fix = (f"fix it, or restore it from {started.relative_to(run.path)} there (the config the run started with)"
+           if started.is_file() else "fix it, or start the run again")
+    try:
+        loaded = OmegaConf.load(run.config)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"resume={given}: its config.yaml holds no config keys; {fix}")
+        if "logger" not in loaded:  # saved before the logger group: TensorBoard
+            loaded.logger = {"tensorboard": {}}
+        return OmegaConf.merge(OmegaConf.structured(_config.Config), loaded)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"resume={given}: its config.yaml is not valid YAML{where}; {fix}") from err
+    except OmegaConfBaseException as err:
+        key = err.full_key or err.key or "a key"
+        raise ConfigError(f"resume={given}: its config.yaml holds an invalid {key}: {err.value!r}; {fix}") from err
 
 
 def requeued() -> bool:
@@ -236,18 +291,22 @@ def requeued() -> bool:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> float:
-    from mnist_lab.errors import ConfigError
+    import logging
 
+    from mnist_lab.errors import MnistLabError
+
+    logging.captureWarnings(True)  # warnings reach train.log too
     try:
         _config.check_launch(cfg)
         return train(cfg)["test/acc"]  # a float, for Hydra sweepers that optimize
-    except ConfigError:
+    except MnistLabError:  # e.g. a config value or a data file rejected before the run began
         remove_if_untouched(Path(cfg.output_dir))
         raise
 
 
 def remove_if_untouched(run_dir: Path) -> None:
-    """Remove a run folder that holds only what Hydra wrote before the run was rejected."""
+    """Remove a run folder that holds only what Hydra wrote (and the log of the rejection) before the run was
+    rejected."""
     if run_dir.is_dir() and all(p.name in (".hydra", "train.log") for p in run_dir.iterdir()):
         import shutil
 

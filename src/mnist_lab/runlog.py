@@ -1,0 +1,130 @@
+"""What a run prints and what it keeps of it.
+
+    console     mnist_lab's lines (the summary, the device, one line per epoch, the test metrics), warnings
+                and errors; a live progress bar only where the output is a terminal: in a file or a Slurm
+                log its redraws would pile up, and the epoch lines say the same once an epoch
+                (callbacks.EpochLines, callbacks.RunProgressBar)
+    train.log   in the run folder, with times: the same lines, Lightning's own INFO lines, and every error
+                with the library's cause (the console shows the error's one line)
+
+Third-party tips go nowhere. Under `python -m mnist_lab.train` the console handler is set up by Hydra from
+conf/hydra/job_logging/mnist_lab.yaml; train(cfg) called from Python prints to stdout itself unless the
+program has set up logging of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from mnist_lab.runs import RunDir
+
+log = logging.getLogger("mnist_lab")
+log.setLevel(logging.INFO)
+
+FILE_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's format for a job's log
+TIP = re.compile(r"^\W*Tip:")  # Lightning's advertisements ("💡 Tip: ... try installing litlogger")
+
+
+class NoTips(logging.Filter):
+    """Drops third-party tips, from the console and the log alike."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("lightning") and TIP.match(record.getMessage()))
+
+
+class ConsoleFilter(NoTips):
+    """What the console shows: mnist_lab's and Hydra's lines, and anyone's warnings and errors; not the lines
+    logged for the log file only (an error whose one line the caller prints) nor Lightning's INFO lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "console", True) is False or not super().filter(record):
+            return False
+        return record.levelno >= logging.WARNING or record.name.startswith(("mnist_lab", "hydra", "__main__"))
+
+
+class Console(logging.StreamHandler):
+    """Plain lines on stdout that a live progress bar does not tear: tqdm clears its bars around each line."""
+
+    def __init__(self, stream=None):
+        super().__init__(sys.stdout if stream is None else stream)
+        self.addFilter(ConsoleFilter())
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=self.stream):
+            super().emit(record)
+
+
+class RunLog(logging.FileHandler):
+    """Appends to <run>/train.log, once the run folder exists (a run rejected before it was made leaves none).
+
+    A log is appended, not renamed into place: a failed append keeps what was written before. After a
+    failed write (a full disk) it stays quiet: the console still shows the run's end."""
+
+    def __init__(self, path: Path):
+        super().__init__(path, mode="a", encoding="utf-8", delay=True)
+        self.setLevel(logging.INFO)
+        self.addFilter(NoTips())
+        self.setFormatter(logging.Formatter(FILE_FORMAT))
+        self.failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.failed or (self.stream is None and not Path(self.baseFilename).parent.is_dir()):
+            return
+        super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+
+
+@contextlib.contextmanager
+def recorded(run_dir: str | Path, rank_zero: bool = True) -> Iterator[None]:
+    """While the block runs, log to the run folder's train.log (rank 0 only) and, where nothing else shows
+    mnist_lab's lines, to stdout. An error that ends the block is logged with its cause from the library."""
+    from mnist_lab.errors import MnistLabError
+
+    root = logging.getLogger()
+    handlers: list[tuple[logging.Logger, logging.Handler]] = []
+    if rank_zero:
+        handlers.append((root, RunLog(RunDir(run_dir).log)))
+    if not root.handlers and not log.handlers:  # called from Python without logging set up
+        handlers.append((log, Console()))
+    for logger, handler in handlers:
+        logger.addHandler(handler)
+    try:
+        yield
+    except BaseException as err:
+        line = str(err) if isinstance(err, MnistLabError) else f"{type(err).__name__}: {err}"
+        cause = err.__cause__ or err.__context__
+        if isinstance(err, MnistLabError):
+            log.error(line, extra={"console": False})  # the caller prints it (Hydra: the line alone)
+            if cause is not None:
+                log.info("its cause:", extra={"console": False}, exc_info=(type(cause), cause, cause.__traceback__))
+        else:
+            log.error(line, extra={"console": False}, exc_info=(type(err), err, err.__traceback__))
+        raise
+    finally:
+        for logger, handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+
+
+def rank_zero() -> bool:
+    """Whether this process is a job's first (the one that keeps the log), from the variables its launcher set:
+    Lightning's ddp, torchrun or Slurm (Lightning reads the same)."""
+    return all(int(os.environ.get(k) or 0) == 0 for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"))
+
+
+def show_progress_bar(setting: bool | None) -> bool:
+    """trainer.enable_progress_bar: null (the default) shows the live bar only where stdout is a terminal."""
+    if setting is not None:
+        return bool(setting)
+    return sys.stdout.isatty()
