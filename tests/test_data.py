@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from mnist_lab import idx
-from mnist_lab.data import RAW_FILES, DataError, MNISTDataModule, TensorBatches, check_raw_files
+from mnist_lab.data import MNISTDataModule, TensorBatches
+from mnist_lab.errors import DataError
+from mnist_lab.idx import RAW_FILES, check_raw_files
 
 
 def _dm(root, **kw):
@@ -63,24 +65,41 @@ def test_batches_cover_epoch_once_and_reshuffle():
     assert not torch.equal(first, torch.cat([b[1] for b in batches]))
 
 
-def test_missing_files_offline_names_folder_and_files(tmp_path):
+def test_missing_files_offline_names_folder_and_files(tiny_mnist, tmp_path):
     with pytest.raises(DataError) as err:
         check_raw_files(tmp_path)
     msg = str(err.value)
-    assert str(tmp_path / "MNIST" / "raw") in msg and all(name in msg for name in RAW_FILES)
+    assert str(tmp_path / "MNIST" / "raw") in msg and "all four, {train,t10k}-{images-idx3,labels-idx1}-ubyte" in msg
     assert "data.data_dir" in msg and "\n" not in msg
+    shutil.copytree(tiny_mnist, tmp_path / "some")
+    (tmp_path / "some" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(DataError, match=r"raw lacks t10k-labels-idx1-ubyte; place them there"):
+        check_raw_files(tmp_path / "some")
 
 
-def test_download_failure_is_one_clear_error(tmp_path, monkeypatch):
-    import torchvision.datasets
+def test_download_names_the_missing_file_and_why(tiny_mnist, tmp_path, monkeypatch):
+    """Only the missing file is fetched; offline, the error names it and the reason (not a file that is there)."""
+    import socket
+    import urllib.error
 
-    def offline(*args, **kwargs):
-        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+    import torchvision.datasets.utils as tv_utils
 
-    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
-    dm = MNISTDataModule(str(tmp_path), download=True)
-    with pytest.raises(DataError, match="download .* failed .*Offline"):
+    asked = []
+
+    def offline(url, **kwargs):
+        asked.append(url.rsplit("/", 1)[1])
+        raise urllib.error.URLError(socket.gaierror(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", offline)
+    shutil.copytree(tiny_mnist, tmp_path / "data")
+    (tmp_path / "data" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    dm = MNISTDataModule(str(tmp_path / "data"), download=True, verify_checksums=False)
+    with pytest.raises(DataError, match=r"^MNIST download failed \(no network: name lookup failed\): .*/MNIST/raw "
+                                        r"lacks t10k-labels-idx1-ubyte; place them there") as err:
         dm.prepare_data()
+    assert set(asked) == {"t10k-labels-idx1-ubyte.gz"}  # each mirror, for the one missing file
+    assert "train-images" not in str(err.value)
+    assert not list((tmp_path / "data" / "MNIST" / "raw").glob(".download-*"))
 
 
 @pytest.fixture
@@ -118,5 +137,6 @@ def test_corrupted_bytes_fail_checksum(broken, monkeypatch):
     blob = bytearray(path.read_bytes())
     blob[500] ^= 0xFF
     path.write_bytes(bytes(blob))
-    with pytest.raises(DataError, match="t10k-images-idx3-ubyte is corrupted: SHA-256"):
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte is corrupted: SHA-256") as err:
         check_raw_files(root, checksums=True)
+    assert "verify_checksums" not in str(err.value)  # never advice to switch the check off

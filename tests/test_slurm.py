@@ -7,6 +7,7 @@ when missing (root and apt-get needed), starts the daemons, and stops them after
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -59,6 +60,11 @@ def test_sweep_on_slurm(slurm, tiny_mnist, tmp_path):
         assert 0 <= events.Scalars("test/acc")[-1].value <= 1
     logs = list((sweep / ".submitit").rglob("*_log.out"))
     assert len(logs) == 2 and all("SLURM" in log.read_text() or log.stat().st_size > 0 for log in logs)
+    for log in logs:  # a Slurm log is a file: a line per epoch, no progress-bar redraws
+        text = log.read_text()
+        assert "\r" not in text and re.search(r"^epoch 1/1: train loss \d\.\d{4} acc ", text, re.M), text[-2000:]
+    ends = (sweep / "sweep.log").read_text().splitlines()  # each job, on its node, adds how it ended
+    assert len(ends) == 2 and all(") finished: test/acc " in line for line in ends), ends
 
 
 def test_preempted_job_is_requeued_and_resumes(slurm, tiny_mnist, tmp_path):
