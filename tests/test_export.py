@@ -170,7 +170,7 @@ def test_predict_npy(exported, tmp_path):
 def test_export_rejects_truncated_and_foreign_checkpoints(exported, tmp_path):
     cut = tmp_path / "cut.ckpt"
     cut.write_bytes((exported / "checkpoints" / "best.ckpt").read_bytes()[:3000])
-    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="truncated, damaged or not a checkpoint"):
         export(cut)
     foreign = tmp_path / "foreign.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(1)}, "hyper_parameters": {"lr": 1}}, foreign)

@@ -229,6 +229,7 @@ def error_table_cases(tiny_mnist: Path, make_cfg, monkeypatch) -> dict[str, call
     from mnist_lab.config import check_keys, check_launch, validate
     from mnist_lab.module import load_checkpoint as load
     from mnist_lab.predict import output_folder
+    from mnist_lab.train import check_sweep
 
     data, raw = Path("mnist"), Path("mnist/MNIST/raw")
     shutil.copytree(tiny_mnist, data)
@@ -277,11 +278,7 @@ def error_table_cases(tiny_mnist: Path, make_cfg, monkeypatch) -> dict[str, call
         check_launch(OmegaConf.create({"resume": RUN}), hydra)
 
     def ddp_under_multirun():
-        from hydra.types import RunMode
-
-        hydra = OmegaConf.create({"overrides": {"task": []}, "launcher": {}})
-        hydra.mode = RunMode.MULTIRUN
-        check_launch(make_cfg(["trainer=ddp_cpu", "output_dir=x"]), hydra)
+        check_sweep(["trainer=ddp_cpu", "seed=0,1"])
 
     def predicted():
         folder = run / "predictions" / "test"

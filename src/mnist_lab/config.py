@@ -174,9 +174,8 @@ RESUME_MAY_SET = ("threads", "trainer.enable_progress_bar", "data.data_dir")
 
 
 def check_launch(cfg: Any, hydra_cfg: Any = None) -> None:
-    """Checks that need Hydra's view of the launch (in @hydra.main, or `hydra_cfg` given: a sweep, before its
-    folder is made): resume= takes no other overrides, and Lightning's `ddp` re-launch is refused under
-    --multirun."""
+    """Checks that need Hydra's view of the launch (run inside @hydra.main, or given `hydra_cfg`): resume= takes
+    no other overrides, and Lightning's `ddp` re-launch is refused under --multirun."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -187,11 +186,14 @@ def check_launch(cfg: Any, hydra_cfg: Any = None) -> None:
         if extra:
             raise ConfigError(f"resume= continues a run with its saved config; drop {' '.join(extra)} "
                               "(or start a new run with them)")
-    # Lightning's `ddp` starts the other ranks by re-running the command line: under --multirun that is the
-    # whole sweep again, in every rank, and the ranks of one job may get different hyperparameters.
-    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    check_ddp_relaunch(cfg, hydra_cfg.mode == RunMode.MULTIRUN, str(hydra_cfg.launcher.get("_target_", "")))
+
+
+def check_ddp_relaunch(cfg: Any, multirun: bool, launcher: str) -> None:
+    """Lightning's `ddp` starts the other ranks by re-running the command line: under --multirun that is the
+    whole sweep again, in every rank, and the ranks of one job may get different hyperparameters."""
     several = cfg.trainer.num_nodes > 1 or str(cfg.trainer.devices) not in ("1", "auto")
-    if (hydra_cfg.mode == RunMode.MULTIRUN and cfg.trainer.strategy == "ddp" and several
+    if (multirun and cfg.trainer.strategy == "ddp" and several
             and "Slurm" not in launcher and "SLURM_NTASKS" not in os.environ):
         raise ConfigError("trainer.strategy=ddp under --multirun would re-run the whole sweep in every rank: "
                           "use trainer.strategy=ddp_spawn for a local sweep, or hydra/launcher=slurm")

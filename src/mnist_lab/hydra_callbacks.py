@@ -17,20 +17,16 @@ log = logging.getLogger("mnist_lab")
 
 
 class ReportFailures(Callback):
-    """In a multirun: refuse a launch that cannot work before the sweep folder is made (Lightning's `ddp`
-    re-launch, config.check_launch); log each failed job with the overrides the sweep varies as it ends
-    (Hydra's basic launcher runs every job, then raises the first failure only); and keep the sweep folder's
-    sweep.log, a line for every job: its test accuracy and folder, or its failure's one line (the job's own
-    train.log has the cause)."""
+    """In a multirun: log each failed job with the overrides the sweep varies as it ends (Hydra's basic
+    launcher runs every job, then raises the first failure only), and keep the sweep folder's sweep.log, a
+    line for every job: its test accuracy and folder, or its failure's one line (the job's own train.log has
+    the cause). Hydra turns an exception raised here into a warning: nothing here can stop a sweep."""
 
     swept: set[str] | None = None  # the keys the sweep varies: a job is named by their values
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
-        from mnist_lab.config import check_launch
-
-        check_launch(config, config.hydra)
         overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
         self.swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
 

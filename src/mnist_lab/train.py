@@ -322,6 +322,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
       record of this call goes to DIR/.hydra/resume/).
     - A misspelled key fails here with a suggestion ("did you mean ...?"): config.check_keys.
     - hydra/launcher=slurm with trainer=auto fails here too (check_slurm_devices).
+    - A sweep that cannot work fails here, before Hydra makes its folder: check_sweep.
     """
     args = argv[1:]
     flags = [a for a in args if a.startswith("-")]
@@ -330,6 +331,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
         _config.check_keys(overrides)
         if "hydra/launcher=slurm" in overrides:
             check_slurm_devices(overrides)
+        if "-m" in flags or "--multirun" in flags:
+            check_sweep(overrides)
     for o in overrides:
         if o.startswith("resume=") and not any(x.startswith("hydra.run.dir=") for x in overrides):
             overrides += [f"hydra.run.dir={o.split('=', 1)[1]}", "hydra.output_subdir=.hydra/resume"]
@@ -353,6 +356,24 @@ def check_slurm_devices(overrides: list[str]) -> None:
     if cfg.trainer.accelerator == "auto" and asks.startswith("${gpus_per_node:"):
         raise ConfigError("hydra/launcher=slurm cannot tell from trainer=auto whether to ask Slurm for GPUs: "
                           "use trainer=gpu (or ddp) for GPU jobs, trainer=cpu for CPU jobs")
+
+
+def check_sweep(overrides: list[str]) -> None:
+    """Lightning's `ddp` re-launch under --multirun (config.check_ddp_relaunch), refused before the sweep begins,
+    on the config with the overrides that every job shares (a sweep over trainers: each job checks its own)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        shared = [o for o, p in zip(overrides, parsed, strict=True) if not p.is_sweep_override()]
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose(config_name="config", overrides=shared, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException):
+        return  # Hydra says what is wrong with the overrides
+    _config.check_ddp_relaunch(cfg, multirun=True, launcher=str(cfg.hydra.launcher.get("_target_", "")))
 
 
 if __name__ == "__main__":
