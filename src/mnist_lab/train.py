@@ -47,7 +47,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     from mnist_lab.idx import ensure_raw_files
 
     quiet_lightning()
-    _config.validate(cfg)  # before any data is read or output written
+    if not cfg.get("resume"):  # a resumed run's saved config is validated instead (continued)
+        _config.validate(cfg)  # before any data is read or output written
     cfg, ckpt_path = continued(cfg)
     # the data files too, before the run folder is made: a missing or damaged file leaves no folder behind
     ensure_raw_files(cfg.data.data_dir, download=cfg.data.download, checksums=cfg.data.verify_checksums)
@@ -237,7 +238,8 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
                                   "yet, so start it again instead")
         saved = saved_config(run, cfg.resume)
         for key in _config.RESUME_MAY_SET:  # this call's values
-            OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+            if key != "data.data_dir" or data_dir_given():  # else the run's own, where its data was
+                OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
         saved.output_dir, saved.resume = str(run.path), str(run.path)
         try:
             _config.validate(saved)  # e.g. its logger may need a package this machine lacks
@@ -253,6 +255,17 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         log.info(f"requeued job: resuming from {run.last_ckpt}")
         return cfg, str(run.last_ckpt)
     return cfg, None
+
+
+def data_dir_given() -> bool:
+    """Whether this call says where the data is (data.data_dir= or MNIST_LAB_DATA_DIR); train(cfg) from Python
+    always does. Otherwise resume= keeps the run's own data folder, so that the command its interrupt message
+    prints works as it is."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or "MNIST_LAB_DATA_DIR" in os.environ:
+        return True
+    return any(o.split("=", 1)[0].lstrip("+~") == "data.data_dir" for o in HydraConfig.get().overrides.task)
 
 
 def saved_config(run: RunDir, given: str) -> DictConfig:
