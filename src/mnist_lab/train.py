@@ -209,6 +209,10 @@ def quiet_lightning() -> None:
         for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        source = logging.getLogger(name)  # where Lightning's rank_zero_info lines come from, tips included
+        if not any(isinstance(f, runlog.NoTips) for f in source.filters):
+            source.addFilter(runlog.NoTips())  # for every handler, Lightning's own too (a script without Hydra)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # val_size=0
     warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy")  # torchmetrics plot
