@@ -211,7 +211,7 @@ def test_interrupt_inside_a_chunk_then_resume(tiny_mnist, tmp_path, make_cfg, mo
     def interrupted(self, xs, ys):
         if not hasattr(self, "signalled") and self.optimizer.state and len(xs) == 4:
             steps = next(iter(self.optimizer.state.values()))["step"]
-            if steps >= 20:  # the chunk of steps 21-24 (epoch 1: 17-20, 21-24, 25-28, 29-31, 32)
+            if steps >= 20:  # the chunk of steps 21-24 (epoch 2: 17-20, 21-24, 25-28, 29-31, 32)
                 self.signalled = True
                 os.kill(os.getpid(), signal.SIGINT)  # arrives while the chunk runs
         return original(self, xs, ys)
@@ -220,7 +220,7 @@ def test_interrupt_inside_a_chunk_then_resume(tiny_mnist, tmp_path, make_cfg, mo
     cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
     with monkeypatch.context() as m:
         m.setattr(ChunkRunner, "__call__", interrupted)
-        with pytest.raises(Interrupted, match=r"SIGINT received: stopped after step 24 \(epoch 1\)"):
+        with pytest.raises(Interrupted, match=r"SIGINT received: stopped after step 24 \(epoch 2\)"):
             train(make_cfg(cut))
     assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 24  # the chunk finished
     resumed = train(make_cfg(cut + [f"resume={out}"]))
@@ -236,7 +236,7 @@ def test_interrupt_in_an_epochs_last_step_stops_after_its_validation(tiny_mnist,
     original = ChunkRunner.__call__
 
     def interrupted(self, xs, ys):
-        if xs.shape[1] == 20 and next(iter(self.optimizer.state.values()))["step"] == 31:  # epoch 1's last batch
+        if xs.shape[1] == 20 and next(iter(self.optimizer.state.values()))["step"] == 31:  # epoch 2's last batch
             os.kill(os.getpid(), signal.SIGTERM)
         return original(self, xs, ys)
 
@@ -244,7 +244,7 @@ def test_interrupt_in_an_epochs_last_step_stops_after_its_validation(tiny_mnist,
     cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
     with monkeypatch.context() as m:
         m.setattr(ChunkRunner, "__call__", interrupted)
-        with pytest.raises(Interrupted, match=r"SIGTERM received: stopped after step 32 \(at the end of epoch 1\)"):
+        with pytest.raises(Interrupted, match=r"SIGTERM received: stopped after step 32 \(at the end of epoch 2\)"):
             train(make_cfg(cut))
     assert train(make_cfg(cut + [f"resume={out}"])) == pytest.approx(whole, abs=1e-6)
     events = EventAccumulator(str(out), size_guidance={"scalars": 0})
@@ -263,7 +263,7 @@ def test_nonfinite_loss_inside_a_chunk_names_its_step(tiny_mnist, tmp_path, make
         return losses, correct
 
     monkeypatch.setattr(ChunkRunner, "__call__", diverging)
-    with pytest.raises(TrainingError, match=r"loss became non-finite \(inf\) at step 23 \(epoch 1\)"):
+    with pytest.raises(TrainingError, match=r"loss became non-finite \(inf\) at step 23 \(epoch 2\)"):
         train(make_cfg(cpu(tiny_mnist, tmp_path / "run") + ["fast.steps=4"]))
 
 

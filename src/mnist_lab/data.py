@@ -13,7 +13,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mnist_lab.idx import check_raw_files, ensure_raw_files
+from mnist_lab.idx import RAW_FILES, check_raw_files, ensure_raw_files, raw_folder
 
 MEAN, STD = 0.1307, 0.3081  # of the 60,000 training images, scaled to [0, 1]
 

@@ -9,7 +9,7 @@
 
 Third-party tips go nowhere. Under `python -m mnist_lab.train` the console handler is set up by Hydra from
 conf/hydra/job_logging/mnist_lab.yaml; train(cfg) called from Python prints to stdout itself unless the
-program has set up logging of its own.
+program's logging already shows log lines on the console.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def recorded(run_dir: str | Path, rank_zero: bool = True) -> Iterator[None]:
     handlers: list[tuple[logging.Logger, logging.Handler]] = []
     if rank_zero:
         handlers.append((root, RunLog(RunDir(run_dir).log)))
-    if not root.handlers and not log.handlers:  # called from Python without logging set up
+    if not shows_console(root) and not log.handlers:  # called from Python without a console for log lines
         handlers.append((log, Console()))
     for logger, handler in handlers:
         logger.addHandler(handler)
@@ -115,6 +115,13 @@ def recorded(run_dir: str | Path, rank_zero: bool = True) -> Iterator[None]:
         for logger, handler in handlers:
             logger.removeHandler(handler)
             handler.close()
+
+
+def shows_console(logger: logging.Logger) -> bool:
+    """Whether `logger` has a handler that writes to the console (Hydra's, or a program's basicConfig); a
+    handler that only captures (pytest's) does not count."""
+    consoles = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+    return any(isinstance(h, logging.StreamHandler) and h.stream in consoles for h in logger.handlers)
 
 
 def rank_zero() -> bool:
