@@ -418,6 +418,11 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="append the JSON lines to this file too")
     args = parser.parse_args()
     args.epochs = args.epochs or (5 if args.device == "cuda" else 1)
+    import logging
+
+    import lightning.pytorch  # noqa: F401  (it sets its logger's level on import)
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # each timed fit's device lines: the table says
     if args.startup:
         rows = bench_startup(args)
     elif args.sweep:
