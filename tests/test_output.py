@@ -59,9 +59,10 @@ def test_a_run_into_a_file_prints_a_line_per_epoch_and_its_log_keeps_them(tiny_m
     # the run folder holds what the README lists, exactly
     names = {p.name for p in run.iterdir()}
     events = {n for n in names if n.startswith("events.out.tfevents.")}
-    assert len(events) == 2  # one written while training, one while testing
+    assert len(events) == 3  # written while training, while testing, and with the figures drawn after it
     assert names - events == {".hydra", "config.yaml", "train.log", "summary.txt", "hparams.yaml", "checkpoints",
-                              "history.png", "per_class.png", "mistakes.png", "confusion_matrix.png"}
+                              "history.png", "per_class.png", "mistakes.png", "confusion_matrix.png",
+                              "test_outputs.npz"}
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
 
 
