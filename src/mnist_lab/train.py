@@ -230,9 +230,10 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     """The config and checkpoint a run starts from: for resume=<run> or a Slurm job that was requeued,
     the run's saved config and its checkpoints/last.ckpt (checked); otherwise cfg and None."""
     from mnist_lab.errors import CheckpointError, ConfigError
-    from mnist_lab.module import load_checkpoint
 
     if cfg.get("resume"):
+        from mnist_lab.module import load_checkpoint  # Lightning loads with it: only when there is one to load
+
         run = RunDir(Path(cfg.resume).expanduser().resolve())
         if not run.config.is_file():
             raise ConfigError(f"resume={cfg.resume}: {run.config} not found; give the folder of a run started by "
@@ -255,6 +256,8 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         return saved, str(run.last_ckpt)
     run = RunDir(cfg.output_dir)
     if requeued() and run.last_ckpt.is_file():  # the same job again: its config is cfg
+        from mnist_lab.module import load_checkpoint
+
         load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
         log.info(f"requeued job: resuming from {run.last_ckpt}")
         return cfg, str(run.last_ckpt)
@@ -301,9 +304,11 @@ def saved_config(run: RunDir, given: str) -> DictConfig:
 
 def requeued() -> bool:
     """Whether Slurm started this process for a job that was requeued (preempted or at its time limit)."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0")) == 0:
+        return False  # asked first: a run's checks come before Lightning is loaded
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    return SLURMEnvironment.detect() and int(os.environ.get("SLURM_RESTART_COUNT", "0")) > 0
+    return SLURMEnvironment.detect()
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
