@@ -221,7 +221,6 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # callbacks.EpochLines is a Checkpoint to Lightning; "best" is the first one's, as intended.
     warnings.filterwarnings("ignore", message=r".*\"best\"\)` is called with Trainer configured with multiple")
-    # train/* is logged once an epoch: a short epoch has nothing to log every n steps either.
     # The fast path logs once an epoch, and an epoch is a few training_steps of K steps each.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")
 
