@@ -103,3 +103,32 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tiny_mnist, tmp_path):
     assert f"requeued job: resuming from {run / 'checkpoints' / 'last.ckpt'}" in log
     last = torch.load(run / "checkpoints" / "last.ckpt")
     assert last["global_step"] == 600 * 16  # all 600 epochs of 16 steps (500 images, batch 32), across two starts
+
+
+def test_study_runs_two_trials_at_a_time_on_slurm(slurm, tiny_mnist, tmp_path):
+    """hydra/sweeper=optuna on hydra/launcher=slurm: each trial a Slurm job, n_jobs=2 of them at once, each
+    reporting to and telling the study in the sweep folder's journal."""
+    import optuna
+
+    from mnist_lab.study import JOURNAL, open_storage
+
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/sweeper=optuna", "hydra/launcher=slurm",
+           "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
+           *overrides, "trainer.max_epochs=1"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    study = optuna.load_study(study_name="mnist_lab", storage=open_storage(str(sweep / JOURNAL)))
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    spans = []
+    for trial in study.trials:
+        events = EventAccumulator(trial.user_attrs["run"], size_guidance={"scalars": 0})
+        events.Reload()
+        spans.append((events.FirstEventTimestamp(), events.Scalars("test/acc")[-1].wall_time))
+        assert trial.intermediate_values and trial.user_attrs["test/acc"] == events.Scalars("test/acc")[-1].value
+    assert max(start for start, _ in spans) < min(end for _, end in spans)  # the two trials ran side by side
+    logs = sorted((sweep / ".submitit").rglob("*_log.out"))
+    assert len(logs) == 2 and all("test: test/loss=" in log.read_text() for log in logs)  # trained in Slurm jobs

@@ -149,3 +149,100 @@ class RunFigures(L.Callback):
         }
         figures.keep_payload(payload)
         figures.draw(payload, background=trainer.world_size == 1 and figures.in_sweep_process())
+
+
+def study_callbacks(run_dir: Path, chosen: Mapping | None = None) -> list[L.Callback]:
+    """[OptunaTrial] when this run is a trial of an Optuna study (hydra/sweeper=optuna), else []. chosen: the
+    run's logger config (a pruned trial draws its history.png from what they logged)."""
+    from mnist_lab.study import current_trial
+
+    trial = current_trial()
+    if trial is None:
+        return []
+    from omegaconf import OmegaConf
+
+    return [OptunaTrial(trial, run_dir, OmegaConf.to_container(chosen, resolve=True) if OmegaConf.is_config(chosen)
+                        else chosen)]
+
+
+class OptunaTrial(L.Callback):
+    """The trial's side of an Optuna study (mnist_lab.study).
+
+    After each validation it reports the objective metric (hydra.sweeper.metric) as the value after that many
+    epochs and asks the pruner. A pruned trial stops at the end of that epoch (never after the last one: that
+    would save nothing), is told pruned, writes trial.yaml saying so and history.png, and ends with
+    optuna.TrialPruned, untested.
+    A trial that trains to the end is told complete after its test, with the metric's best value over its
+    epochs and the test metrics. Only rank 0 talks to the study; the ranks agree on pruning.
+    """
+
+    def __init__(self, link, run_dir: Path, chosen: Mapping | None = None):
+        self.link, self.run_dir, self.chosen = link, Path(run_dir), dict(chosen or {})
+        self.values: dict[int, float] = {}
+        self.pruned_at: int | None = None
+        self.study = self.trial = None
+
+    def on_fit_start(self, trainer, module) -> None:
+        if trainer.is_global_zero and self.trial is None:
+            self.study, self.trial = self.link.connect()
+            self.trial.set_user_attr("run", str(self.run_dir))
+
+    def on_validation_end(self, trainer, module) -> None:
+        from mnist_lab.errors import ObjectiveError
+
+        metric = self.link.metric
+        if metric not in trainer.callback_metrics:  # checked at the sanity check already, when there is one
+            logged = ", ".join(sorted(trainer.callback_metrics))
+            raise ObjectiveError(f"hydra.sweeper.metric={metric}: the run never logs it after validation; "
+                              f"choose one of {logged}")
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch + 1
+        prune = False
+        if trainer.is_global_zero:
+            self.values[epoch] = float(trainer.callback_metrics[metric])
+            self.trial.report(self.values[epoch], epoch)
+            prune = epoch < trainer.max_epochs and self.trial.should_prune()
+        if trainer.world_size > 1:
+            prune = trainer.strategy.broadcast(prune)
+        if prune:
+            self.pruned_at = epoch
+            trainer.should_stop = True
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        if not self.values and trainer.is_global_zero:  # validation comes before this hook
+            from mnist_lab.errors import ObjectiveError
+
+            raise ObjectiveError(f"hydra.sweeper.metric={self.link.metric}: the run never logs it, since it does not "
+                              "validate (data.val_size=0 or trainer.limit_val_batches=0): give it validation data")
+
+    def on_fit_end(self, trainer, module) -> None:
+        if self.pruned_at is None:
+            return
+        import optuna
+
+        from mnist_lab.study import write_record
+
+        if trainer.is_global_zero:
+            frozen = self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
+            write_record(self.run_dir, frozen, self.link.metric)
+            from mnist_lab import figures
+
+            for logger in trainer.loggers:
+                logger.save()  # what fit logged, for history.png
+            figures.draw_history(self.run_dir, self.chosen)
+        value = self.values.get(self.pruned_at, float("nan"))  # rank 0's
+        raise optuna.TrialPruned(f"trial {self.link.number} pruned after epoch {self.pruned_at} of "
+                                 f"{trainer.max_epochs}: {self.link.metric}={value:.4f}")
+
+    def on_test_end(self, trainer, module) -> None:
+        if not trainer.is_global_zero or not self.values:
+            return
+        from mnist_lab.study import write_record
+
+        best = (max if self.link.direction == "maximize" else min)(self.values.values())
+        for k, v in trainer.callback_metrics.items():
+            if k.startswith("test/"):
+                self.trial.set_user_attr(k, float(v))
+        frozen = self.study.tell(self.trial, best)
+        write_record(self.run_dir, frozen, self.link.metric)

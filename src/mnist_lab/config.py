@@ -210,14 +210,32 @@ def check_keys(overrides: list[str]) -> None:
         key = override.split("=", 1)[0].lstrip("+~")
         if key in groups and "=" in override:
             choices = options(key)
-            for value in override.split("=", 1)[1].strip("[]").split(","):
-                if value and value not in choices + ["null"] and not value.startswith(("glob(", "range(", "choice(")):
+            for value in group_options(override):
+                if value not in choices + ["null"]:
                     raise ConfigError(f"{key}={value}: no such option; choose one of {', '.join(choices)}")
         if "=" not in override or key.startswith("hydra") or key in fields or key in groups:
             continue
         close = difflib.get_close_matches(key, sorted(fields | groups), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]}?" if close else "python -m mnist_lab.train --cfg job lists the keys"
         raise ConfigError(f"unknown config key {key!r} in {override!r}: {hint}")
+
+
+def group_options(override: str) -> list[str]:
+    """The options a config-group override names: model=convnet, logger=[tensorboard,csv], and sweeps:
+    model=mlp,convnet or model=choice(mlp,convnet) (the Optuna sweeper's grammar); none for glob() and what
+    does not parse (Hydra then says why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_override(override)
+    except HydraException:
+        return []
+    value = parsed.value()
+    values = value.list if isinstance(value, ChoiceSweep) else [] if parsed.is_sweep_override() else [value]
+    flat = [x for v in values for x in (v if isinstance(v, list) else [v])]  # a choice of lists: logger
+    return ["null" if v is None else str(v) for v in flat if v != ""]
 
 
 def flat_keys(schema: type, prefix: str = "") -> list[str]:

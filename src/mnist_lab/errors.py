@@ -43,3 +43,12 @@ class ExportCheckError(MnistLabError):
 
 class ModelError(MnistLabError):
     """No usable exported model where one was asked for."""
+
+
+class StudyError(MnistLabError):
+    """An Optuna study that cannot start or go on: a storage that is not a study, one over another search
+    space, too many failed trials, a sweep that was stopped."""
+
+
+class ObjectiveError(ConfigError):
+    """The study's metric is one the run does not log: every trial would fail the same way."""

@@ -51,11 +51,11 @@ def draw_now(payload: dict[str, Any]) -> None:
     from torchmetrics.classification import MulticlassConfusionMatrix
 
     from mnist_lab import plots
-    from mnist_lab.loggers import log_to_run, read_scalars
+    from mnist_lab.loggers import log_to_run
     from mnist_lab.runs import RunDir
 
     run, chosen = RunDir(payload["run_dir"]), payload["chosen"]
-    plots.save(plots.history(read_scalars(run.path, HISTORY_TAGS, chosen)), run.figure("history"))
+    draw_history(run.path, chosen)
     labels, probs = payload["labels"], payload["probs"]
     preds = probs.argmax(1)
     first = payload["first"]
@@ -73,6 +73,16 @@ def draw_now(payload: dict[str, Any]) -> None:
     plots.save(plots.per_class(accuracy, counts), run.figure("per_class"))
     order = payload["wrong_index"]
     plots.save(plots.mistakes(payload["wrong_images"], labels[order], probs[order]), run.figure("mistakes"))
+
+
+def draw_history(run_dir: str | os.PathLike, chosen: Mapping[str, Any]) -> None:
+    """history.png: loss and accuracy per epoch, read back from the run's loggers (`chosen`: their config)."""
+    from mnist_lab import plots
+    from mnist_lab.loggers import read_scalars
+    from mnist_lab.runs import RunDir
+
+    run = RunDir(run_dir)
+    plots.save(plots.history(read_scalars(run.path, HISTORY_TAGS, chosen)), run.figure("history"))
 
 
 def in_sweep_process() -> bool:

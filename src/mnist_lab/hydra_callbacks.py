@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,8 @@ class ReportFailures(Callback):
     """In a multirun: log each failed job with the overrides the sweep varies as it ends (Hydra's basic
     launcher runs every job, then raises the first failure only), and keep the sweep folder's sweep.log, a
     line for every job: its test accuracy and folder, or its failure's one line (the job's own train.log has
-    the cause). Hydra turns an exception raised here into a warning: nothing here can stop a sweep."""
+    the cause), or that an Optuna study pruned it. Hydra turns an exception raised here into a warning: nothing
+    here can stop a sweep."""
 
     swept: set[str] | None = None  # the keys the sweep varies: a job is named by their values
 
@@ -35,11 +37,16 @@ class ReportFailures(Callback):
             return
         overrides = [o for o in job_return.overrides or [] if not self.swept or o.split("=", 1)[0] in self.swept]
         job = f"job {config.hydra.job.get('num', 0)} ({' '.join(overrides)})"
-        if job_return.status == JobStatus.FAILED:
-            line = f"{job} failed: {job_return._return_value}"
-            log.error(line)
+        trial = config.hydra.sweeper.get("trial") is not None  # of an Optuna study, which logs how each ended
+        optuna = sys.modules.get("optuna")  # loaded wherever a trial was pruned
+        value = job_return._return_value
+        if job_return.status == JobStatus.FAILED and optuna is not None and isinstance(value, optuna.TrialPruned):
+            line = f"{job} pruned: {value}"  # the study's pruner stopped it: not a failure
+        elif job_return.status == JobStatus.FAILED:
+            line = f"{job} failed: {value}"
+            if not trial:
+                log.error(line)
         else:
-            value = job_return._return_value
             result = f"test/acc {value:.4f}" if isinstance(value, float) else "done"
             line = f"{job} finished: {result}, in {shown(config.hydra.runtime.output_dir)}"
         sweep_log = Path(config.hydra.sweep.dir) / SWEEP_LOG

@@ -9,6 +9,7 @@
     <run>/export/                model.onnx, model.pt2, model.torchscript.pt, weights.safetensors, model.yaml
     <run>/predictions/<source>/  predictions.csv and predictions.png (mnist_lab.predict)
     <run>/mlruns/                MLflow's local store (of a single run; a sweep keeps one in its sweep folder)
+    <run>/trial.yaml             in an Optuna study (hydra/sweeper=optuna): the trial's state, value per epoch, error
 
 The loggers' own files (TensorBoard events, metrics.csv, hparams.yaml) sit in the run folder too, and
 Hydra's record of the command in .hydra/. A sweep folder holds multirun.yaml (Hydra's), sweep.log (how
@@ -36,6 +37,7 @@ EXPORT_FILES = {"onnx": "model.onnx", "pt2": "model.pt2", "torchscript": "model.
 PREDICTIONS = "predictions"
 TEST_OUTPUTS = "test_outputs.npz"
 MLRUNS = "mlruns"
+TRIAL = "trial.yaml"
 
 
 class RunDir:
@@ -90,6 +92,11 @@ class RunDir:
     def predictions(self) -> Path:
         """predict's folder: one subfolder per source it predicted (test, a folder's or a file's name)."""
         return self.path / PREDICTIONS
+
+    @property
+    def trial(self) -> Path:
+        """What became of the run as a trial of an Optuna study (mnist_lab.study)."""
+        return self.path / TRIAL
 
     def figure(self, name: str) -> Path:
         """The PNG `<run>/<name>.png`."""

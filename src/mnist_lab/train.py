@@ -127,7 +127,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from mnist_lab import runs
-    from mnist_lab.callbacks import EpochLines, EpochTime, RunFigures, RunProgressBar
+    from mnist_lab.callbacks import EpochLines, EpochTime, RunFigures, RunProgressBar, study_callbacks
     from mnist_lab.guards import AtomicCheckpointIO, GracefulInterrupt, NonFiniteGuard
     from mnist_lab.loggers import HParams, build_loggers
 
@@ -156,6 +156,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
         chosen = OmegaConf.to_container(cfg.logger, resolve=True)
         callbacks.append(RunFigures(run.path, chosen, normalized=cfg.data.normalize))
     callbacks.append(EpochLines())  # after the checkpoints: its line says the epoch is saved
+    callbacks += study_callbacks(run.path, cfg.logger)  # a trial of hydra/sweeper=optuna (last: pruned ends fit)
     trainer_args = {**trainer_args, "enable_progress_bar": runlog.show_progress_bar(cfg.trainer.enable_progress_bar)}
     if trainer_args["enable_progress_bar"]:
         callbacks.append(RunProgressBar())  # Lightning's own bar, which also counts plain steps

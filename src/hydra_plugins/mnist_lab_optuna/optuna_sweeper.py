@@ -1,0 +1,26 @@
+"""The Hydra plugin: Hydra finds sweepers in the hydra_plugins namespace package and imports every module
+in it at start-up, so this one stays small and loads Optuna (through mnist_lab.study) only when a study runs.
+Its config: conf/hydra/sweeper/optuna.yaml.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, **options: Any) -> None:
+        self.options = options  # the keys of conf/hydra/sweeper/optuna.yaml
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from mnist_lab.study import StudySweep
+
+        self.study = StudySweep(**self.options)
+        self.study.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        self.study.sweep(arguments)
