@@ -242,3 +242,16 @@ def test_errors_before_any_trial(tiny_mnist, tmp_path, args, message):
     assert result.stderr.strip().splitlines()[0].endswith(message), result.stderr[-2000:]
     assert (tmp_path / "not_a_study.txt").read_text() == "a list of things\n"  # nothing appended
     assert not list((tmp_path / "sweep").glob("0_*"))
+
+
+
+def test_a_folder_holding_another_study_is_refused(stopped_and_continued, tiny_mnist, tmp_path):
+    sweep = stopped_and_continued[0]
+    trials = len(load(sweep / study.JOURNAL).trials)
+    result = run_cli([f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=6", "optimizer.lr=choice(1e-3,1e-1)",
+                      *sweep_overrides(tiny_mnist, tmp_path)], cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"{sweep / study.JOURNAL} holds study 'mnist_lab' of maximize val/acc over optimizer.lr, not this one: run "
+        "it with its own search space, or give a new hydra.sweep.dir")
+    assert len(load(sweep / study.JOURNAL).trials) == trials

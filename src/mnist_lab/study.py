@@ -235,7 +235,7 @@ class StudySweep:
 
     def __init__(self, metric: str, direction: str, n_trials: int, n_jobs: int, max_failures: int,
                  storage: str | None, study_name: str, sampler: Any, pruner: Any, params: Any = None,
-                 trial: int | None = None):
+                 trial: int | None = None):  # trial: set in each trial's job (current_trial), unused here
         for name, value, low in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1), ("max_failures", max_failures, 1)):
             if not isinstance(value, int) or value < low:
                 raise ConfigError(f"hydra.sweeper.{name}={value} is invalid: use a whole number >= {low}")
