@@ -28,7 +28,7 @@ from tests.conftest import tiny_overrides
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 300, **kwargs) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mnist_lab.train", "-m", "hydra/sweeper=optuna", *args], cwd=cwd,
                           env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
@@ -148,14 +148,14 @@ def stopped_and_continued(tiny_mnist, tmp_path_factory):
     first = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 600
         done: list[optuna.trial.FrozenTrial] = []
         while len(done) < 3 and time.time() < deadline and first.poll() is None:
             time.sleep(0.2)
             if (sweep / study.JOURNAL).is_file():
                 done = load(sweep / study.JOURNAL).get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
         first.send_signal(signal.SIGTERM)
-        out, err = first.communicate(timeout=240)
+        out, err = first.communicate(timeout=600)
     finally:
         first.kill()
     before = {p.name: {f.name: f.stat().st_mtime_ns for f in p.iterdir() if f.is_file()}
