@@ -6,8 +6,8 @@ src/hydra_plugins/mnist_lab_optuna/, its config conf/hydra/sweeper/optuna.yaml).
 
 writes into the sweep folder: optuna.journal (the study), a run folder per trial, named by trial number
 (<trial>_<model>_<overrides>/, each with a trial.yaml: state, value, epochs, error), best.yaml, and
-optimization_history.png, param_importances.png, slice.png. Running the same command again continues the
-study until it holds n_trials finished or pruned trials.
+optimization_history.png, param_importances.png, slice.png, intermediate_values.png. Running the same command
+again continues the study until it holds n_trials finished or pruned trials.
 
 How it runs. The sweeper asks Optuna for n_jobs trials and launches them as one batch on the sweep's
 launcher (hydra/launcher=slurm: a Slurm job each). Each job finds its trial number in its own Hydra config
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mnist_lab")
 JOURNAL = "optuna.journal"  # in the sweep folder, unless hydra.sweeper.storage says otherwise
-PLOTS = ("optimization_history", "param_importances", "slice")  # PNGs in the sweep folder
+PLOTS = ("optimization_history", "param_importances", "slice", "intermediate_values")  # PNGs in the sweep folder
 
 
 # The search space -------------------------------------------------------------------------------
@@ -482,8 +482,13 @@ def plot_study(study: optuna.Study, folder: Path, metric: str) -> None:
         from optuna.visualization import matplotlib as optuna_plots
 
         for name in PLOTS:
+            plot = getattr(optuna_plots, f"plot_{name}")
             try:
-                axes = getattr(optuna_plots, f"plot_{name}")(study, target_name=metric)
+                if name == "intermediate_values":  # every trial's metric per epoch: where pruned ones stopped
+                    axes = plot(study)
+                    axes.set(xlabel="epoch", ylabel=metric)
+                else:
+                    axes = plot(study, target_name=metric)
             except Exception as err:  # e.g. importances need two finished trials
                 log.info(f"no {name}.png yet: {first_line(err)}")
                 continue
