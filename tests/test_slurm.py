@@ -114,7 +114,7 @@ def test_study_runs_two_trials_at_a_time_on_slurm(slurm, tiny_mnist, tmp_path):
 
     sweep = tmp_path / "sweep"
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
-    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/sweeper=optuna", "hydra/launcher=slurm",
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/sweeper=optuna", "hydra/launcher=slurm", "trainer=cpu",
            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "optimizer.lr=tag(log, interval(1e-4, 1e-2))",
            "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
            *overrides, "trainer.max_epochs=1"]
