@@ -232,6 +232,9 @@ def model_card(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, results
         "files": {k: v.name for k, v in files.items()},
         "check": results or "not run",
         "torch": str(torch.__version__),
+        # how the weights were trained: git commit and state, versions, host (the run's provenance.yaml has more)
+        "provenance": ckpt["hyper_parameters"].get("provenance") or "not recorded (a checkpoint from before "
+                                                                   "mnist_lab kept provenance)",
     }
 
 

@@ -73,13 +73,13 @@ def load_net(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn
 class LitClassifier(L.LightningModule):
     """Cross-entropy on the net's logits; accuracy from torchmetrics; optimizer from config.
 
-    hparams hold plain Python values only (the optimizer's and the model's config, and the run's
-    whole resolved config), so checkpoints load with torch.load's default weights_only=True and
-    `LitClassifier.from_checkpoint` can rebuild the net.
+    hparams hold plain Python values only (the optimizer's and the model's config, the run's whole
+    resolved config, and a summary of its provenance), so checkpoints load with torch.load's default
+    weights_only=True and `LitClassifier.from_checkpoint` can rebuild the net.
     """
 
     def __init__(self, net: nn.Module, optimizer: dict, model: dict | None = None, config: dict | None = None,
-                 fast: dict | None = None):
+                 fast: dict | None = None, provenance: dict | None = None):  # provenance.summary, for checkpoints
         super().__init__()
         self.save_hyperparameters(ignore=["net"], logger=False)  # loggers.HParams logs them, flattened
         self.net = net

@@ -10,6 +10,9 @@
     <run>/predictions/<source>/  predictions.csv and predictions.png (mnist_lab.predict)
     <run>/mlruns/                MLflow's local store (of a single run; a sweep keeps one in its sweep folder)
     <run>/trial.yaml             in an Optuna study (hydra/sweeper=optuna): the trial's state, value per epoch, error
+    <run>/provenance.yaml        which code, data, machine and command made the run (mnist_lab.provenance)
+    <run>/provenance.diff        the uncommitted changes of a dirty checkout, beside it
+    <run>/result.yaml            written when the run finished: its final metrics (a resumed sweep skips it)
 
 The loggers' own files (TensorBoard events, metrics.csv, hparams.yaml) sit in the run folder too, and
 Hydra's record of the command in .hydra/. A sweep folder holds multirun.yaml (Hydra's), sweep.log (how
@@ -38,6 +41,10 @@ PREDICTIONS = "predictions"
 TEST_OUTPUTS = "test_outputs.npz"
 MLRUNS = "mlruns"
 TRIAL = "trial.yaml"
+PROVENANCE = "provenance.yaml"
+PROVENANCE_DIFF = "provenance.diff"
+RESULT = "result.yaml"
+SWEEP_RECORD = "multirun.yaml"  # Hydra's record of a sweep's config and overrides, in the sweep folder
 
 
 class RunDir:
@@ -97,6 +104,19 @@ class RunDir:
     def trial(self) -> Path:
         """What became of the run as a trial of an Optuna study (mnist_lab.study)."""
         return self.path / TRIAL
+
+    @property
+    def provenance(self) -> Path:
+        return self.path / PROVENANCE
+
+    @property
+    def provenance_diff(self) -> Path:
+        return self.path / PROVENANCE_DIFF
+
+    @property
+    def result(self) -> Path:
+        """Present once the run finished (trained, tested): its final metrics."""
+        return self.path / RESULT
 
     def figure(self, name: str) -> Path:
         """The PNG `<run>/<name>.png`."""

@@ -26,7 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import config as _config  # registers the typed configs
-from mnist_lab import runlog
+from mnist_lab import provenance, runlog
 from mnist_lab.config import CONF_DIR
 from mnist_lab.runlog import log
 from mnist_lab.runs import RunDir, shown, write_text
@@ -66,15 +66,18 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
     torch.set_num_threads(cfg.threads or _config.default_threads())
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    record, diff = provenance.collect(cfg.data.data_dir)
 
     net = build_model(**plain["model"])
     table = summary(net)
     log.info(table)
     write_text(run.summary, table + "\n")
 
-    trainer, module, datamodule = build_run(cfg, run, net)
+    trainer, module, datamodule = build_run(cfg, run, net, provenance=provenance.summary(record))
+    trainer.callbacks.append(provenance.Provenance(run, record, diff))  # written by global rank 0
     log.info(describe_device(trainer, cfg, module.fast))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    fitted = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
     test_ckpt = None if cfg.trainer.fast_dev_run else "best"
     results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
     metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
@@ -84,10 +87,21 @@ def _train(cfg: DictConfig) -> dict[str, float]:
 
         checkpoint = trainer.checkpoint_callback
         export(checkpoint.best_model_path or checkpoint.last_model_path, data_dir=cfg.data.data_dir)
+    if trainer.is_global_zero:
+        write_result(run, trainer.current_epoch, {**fitted, **metrics})
     return metrics
 
 
-def build_run(cfg: DictConfig, run: RunDir, net=None):
+def write_result(run: RunDir, epochs: int, metrics: dict[str, float]) -> None:
+    """<run>/result.yaml, the mark of a finished run (a resumed sweep skips it; reproduce compares with it):
+    the last epoch's training and validation means and the best checkpoint's test metrics."""
+    import yaml
+
+    result = {"finished": provenance.now(), "epochs": epochs, "metrics": dict(sorted(metrics.items()))}
+    write_text(run.result, yaml.safe_dump(result, sort_keys=False))
+
+
+def build_run(cfg: DictConfig, run: RunDir, net=None, provenance: dict | None = None):
     """(trainer, module, datamodule) of a run, as train() fits them; scripts/bench.py times epochs through
     the same. `net` defaults to a fresh one from cfg.model. On the fast path (fastpath.plan) the data
     module yields chunks of K batches and the module takes K steps per training_step."""
@@ -114,7 +128,8 @@ def build_run(cfg: DictConfig, run: RunDir, net=None):
                                  steps=(cfg.fast.steps or "auto") if fast is not None else None,
                                  train_limit=train_limit)
     optimizer = {k: v for k, v in plain["optimizer"].items() if v is not None}
-    module = LitClassifier(net, optimizer=optimizer, model=plain["model"], config=plain, fast=fast)
+    module = LitClassifier(net, optimizer=optimizer, model=plain["model"], config=plain, fast=fast,
+                           provenance=provenance)
     return build_trainer(cfg, run, trainer_args), module, datamodule
 
 
@@ -255,11 +270,13 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
                  f"{ckpt.get('global_step', 0)} (epoch {ckpt.get('epoch', 0) + 1})")
         return saved, str(run.last_ckpt)
     run = RunDir(cfg.output_dir)
-    if requeued() and run.last_ckpt.is_file():  # the same job again: its config is cfg
+    if (requeued() or in_sweep()) and run.last_ckpt.is_file():  # the same job again: its config is cfg
         from mnist_lab.module import load_checkpoint
 
+        if in_sweep():  # a resumed sweep: the same overrides (sweeps.py checked), but conf/ may have changed
+            check_unchanged(cfg, run)
         load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
-        log.info(f"requeued job: resuming from {run.last_ckpt}")
+        log.info(f"{'requeued job' if requeued() else 'resumed sweep'}: resuming from {run.last_ckpt}")
         return cfg, str(run.last_ckpt)
     return cfg, None
 
@@ -300,6 +317,29 @@ def saved_config(run: RunDir, given: str) -> DictConfig:
     except OmegaConfBaseException as err:
         key = err.full_key or err.key or "a key"
         raise ConfigError(f"resume={given}: its config.yaml holds an invalid {key}: {err.value!r}; {fix}") from err
+def in_sweep() -> bool:
+    """Whether Hydra runs this process as a job of a sweep (-m)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_unchanged(cfg: DictConfig, run: RunDir) -> None:
+    """Raise ConfigError where the config a sweep job resumes with differs from the one its run folder saved
+    (keys that resume= may set aside)."""
+    from mnist_lab.errors import ConfigError
+    from mnist_lab.loggers import flatten
+
+    free = (*_config.RESUME_MAY_SET, "output_dir", "resume")
+    saved = flatten(OmegaConf.to_container(OmegaConf.load(run.config)) if run.config.is_file() else {})
+    now = flatten(OmegaConf.to_container(cfg, resolve=True))
+    changed = [f"{k}={now.get(k)} (saved: {saved.get(k)})" for k in sorted(saved.keys() | now.keys())
+               if saved.get(k) != now.get(k) and not k.startswith(free)]
+    if changed:
+        raise ConfigError(f"{run.path} holds an interrupted run of another config: {'; '.join(changed)}. The "
+                          "sweep's overrides are the same, so conf/ changed since it ran: restore it, or start "
+                          "a new sweep (another hydra.sweep.dir)")
 
 
 def requeued() -> bool:
@@ -341,7 +381,8 @@ def prepare_argv(argv: list[str]) -> list[str]:
     - -m/--multirun goes before the overrides: argparse stops reading overrides at a flag, so
       `python -m mnist_lab.train experiment=keras_seed -m seed=0,1,2` would otherwise fail.
     - resume=DIR also sets hydra.run.dir=DIR: the resumed run continues in its own folder (Hydra's
-      record of this call goes to DIR/.hydra/resume/).
+      record of this call goes to DIR/.hydra/resume/). resume=SWEEP (a sweep folder) becomes the sweep's
+      saved command line, which the resumable sweeper continues (sweeps.resume_argv).
     - A misspelled key fails here with a suggestion ("did you mean ...?"): config.check_keys.
     - hydra/launcher=slurm with trainer=auto fails here too (check_slurm_devices).
     - A sweep that cannot work fails here, before Hydra makes its folder: check_sweep.
@@ -355,6 +396,11 @@ def prepare_argv(argv: list[str]) -> list[str]:
             check_slurm_devices(overrides)
         if "-m" in flags or "--multirun" in flags:
             check_sweep(overrides)
+    from mnist_lab import sweeps
+
+    resume = [Path(o.split("=", 1)[1]).expanduser() for o in overrides if o.startswith("resume=")]
+    if resume and sweeps.is_sweep(resume[0]):
+        return argv[:1] + sweeps.resume_argv(resume[0].resolve(), flags, overrides)
     for o in overrides:
         if o.startswith("resume=") and not any(x.startswith("hydra.run.dir=") for x in overrides):
             overrides += [f"hydra.run.dir={o.split('=', 1)[1]}", "hydra.output_subdir=.hydra/resume"]

@@ -1,0 +1,17 @@
+"""hydra/sweeper=resumable (conf/hydra/sweeper/resumable.yaml): see mnist_lab.sweeps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+
+class ResumableSweeper(BasicSweeper):
+    """Hydra's basic sweeper (the same jobs, numbers, folders and max_batch_size), which skips the jobs its
+    sweep folder already finished and resumes the interrupted ones."""
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from mnist_lab import sweeps
+
+        return sweeps.sweep(self, arguments)

@@ -1,0 +1,247 @@
+"""Sweeps that resume: Hydra's grid sweeper, which skips the jobs a sweep folder already finished.
+
+    python -m mnist_lab.train -m model=mlp,convnet seed=0,1,2 hydra.sweep.dir=outputs/sweeps/cmp
+    python -m mnist_lab.train -m model=mlp,convnet seed=0,1,2 hydra.sweep.dir=outputs/sweeps/cmp   # again
+    python -m mnist_lab.train -m resume=outputs/sweeps/cmp       # the same, with the sweep's saved overrides
+
+The default sweeper (conf/config.yaml: hydra/sweeper=resumable; the plugin in src/hydra_plugins/mnist_lab/)
+builds the same jobs, in the same order and with the same numbers, as Hydra's basic sweeper. Run again on
+a sweep folder it already wrote, it compares the overrides with the ones saved there (multirun.yaml) and
+refuses changed ones in one line, then for each job looks at its run folder:
+
+    finished      result.yaml is there (the run trained and tested): skipped, its metrics kept
+    interrupted   checkpoints/last.ckpt but no result.yaml: launched; the job resumes from last.ckpt
+                  (train.continued), with its config checked against the one it saved
+    not started   launched as new
+
+Jobs keep their numbers and folder names. With the basic launcher the jobs run one at a time, and a
+Ctrl-C stops the sweep after the job it interrupts saved its last.ckpt; with hydra/launcher=slurm the jobs
+it launches go to Slurm as one array, whatever their numbers. Only global overrides that change where
+the data is and how runs show themselves may differ between the runs (config.RESUME_MAY_SET).
+
+No torch here: Hydra imports the plugin, and with it this module, in every command.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from hydra.core.utils import JobReturn, JobStatus
+
+from mnist_lab import runs
+
+log = logging.getLogger(__name__)
+FINISHED, INTERRUPTED, STARTED, NEW = "finished", "interrupted", "started", "not started"
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def changed_overrides(saved: Sequence[str], now: Sequence[str]) -> list[str]:
+    """The overrides that differ between two sweep command lines, as 'key=now (was: key=saved)' phrases;
+    keys in config.RESUME_MAY_SET and resume= may differ."""
+    from mnist_lab.config import RESUME_MAY_SET
+
+    free = {*RESUME_MAY_SET, "resume"}
+    before = {override_key(o): o for o in saved if override_key(o) not in free}
+    after = {override_key(o): o for o in now if override_key(o) not in free}
+    changes = []
+    for key in sorted(before.keys() | after.keys(), key=lambda k: (k not in after, k)):
+        if key not in before:
+            changes.append(f"{after[key]} (new)")
+        elif key not in after:
+            changes.append(f"no {key} (was: {before[key]})")
+        elif before[key] != after[key]:
+            changes.append(f"{after[key]} (was: {before[key]})")
+    return changes
+
+
+def resume_argv(sweep_dir: Path, flags: list[str], overrides: list[str]) -> list[str]:
+    """The command line that continues the sweep in `sweep_dir` (`-m resume=<sweep folder>`): its saved
+    overrides, Hydra's included (launcher, partition, ...), and hydra.sweep.dir; of this call's overrides only
+    resume= itself, config.RESUME_MAY_SET and hydra.* ones (how the jobs run, not what they compute)."""
+    from mnist_lab.config import RESUME_MAY_SET
+    from mnist_lab.errors import ConfigError
+
+    saved = saved_overrides(sweep_dir)
+    assert saved is not None
+    extra = [o for o in overrides if override_key(o) not in ("resume", *RESUME_MAY_SET)
+             and not override_key(o).startswith("hydra")]
+    if extra:
+        raise ConfigError(f"resume={sweep_dir} continues the sweep with its saved overrides; drop {' '.join(extra)} "
+                          "(or start a new sweep with them)")
+    given = [o for o in overrides if override_key(o) != "resume"]
+    keys = {override_key(o) for o in given}
+    task = [o for o in saved[0] if override_key(o) not in keys]
+    hydra = [o for o in saved[1] if override_key(o) not in keys | {"hydra.mode", "hydra.sweep.dir"}]
+    multirun = [] if {"-m", "--multirun"} & set(flags) else ["-m"]
+    return [*multirun, *flags, *hydra, *task, *given, f"hydra.sweep.dir={sweep_dir}"]
+
+
+def is_sweep(folder: Path) -> bool:
+    """Whether `folder` is a sweep folder (Hydra's multirun.yaml, no run config of its own)."""
+    return (folder / runs.SWEEP_RECORD).is_file() and not (folder / runs.CONFIG).is_file()
+
+
+def saved_overrides(sweep_dir: Path) -> tuple[list[str], list[str]] | None:
+    """(task overrides, hydra overrides) of the sweep recorded in `sweep_dir`, or None where there is none."""
+    record = sweep_dir / runs.SWEEP_RECORD
+    if not record.is_file():
+        return None
+    overrides = (yaml.safe_load(record.read_text()) or {}).get("hydra", {}).get("overrides", {})
+    return list(overrides.get("task") or []), list(overrides.get("hydra") or [])
+
+
+def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
+    """The plugin's sweep(): `sweeper` is a hydra BasicSweeper set up by Hydra (config, launcher, context)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from mnist_lab.errors import ConfigError, Interrupted
+
+    parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
+    batches = sweeper.split_arguments(parser.parse_overrides(sweeper._parse_config() + list(arguments)),
+                                      sweeper.max_batch_size)
+    sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
+    saved = saved_overrides(sweep_dir)
+    if saved is not None:
+        changes = changed_overrides(saved[0], list(sweeper.config.hydra.overrides.task))
+        if changes:
+            raise ConfigError(f"sweep {sweep_dir} was started with other overrides: {'; '.join(changes)}. "
+                              f"Continue it with its own (python -m mnist_lab.train -m resume={sweep_dir}), "
+                              "or give a new hydra.sweep.dir")
+    jobs, num = [], 0
+    for batch in batches:
+        jobs.append([(num + i, list(overrides)) for i, overrides in enumerate(batch)])
+        num += len(batch)
+    # composing every job's config here also finds composition errors before any job runs, as Hydra's does
+    folders = {n: job_folder(sweeper, n, overrides) for batch in jobs for n, overrides in batch}
+    if saved is not None:
+        check_folders(sweep_dir, folders, jobs)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    runs.write_text(sweep_dir / runs.SWEEP_RECORD, OmegaConf.to_yaml(sweeper.config))
+
+    states = {n: job_state(folder) for n, folder in folders.items()}
+    if saved is not None:
+        counts = {s: sum(v == s for v in states.values()) for s in (FINISHED, INTERRUPTED, STARTED, NEW)}
+        log.info(f"Resuming sweep {sweep_dir}: {len(states)} jobs, {counts[FINISHED]} finished (kept), "
+                 f"{counts[INTERRUPTED]} interrupted (resumed from their last.ckpt), "
+                 f"{counts[STARTED] + counts[NEW]} to run from the start")
+        for n, state in states.items():
+            if state == FINISHED:
+                log.info(f"\t#{n} : finished, kept: {folders[n].name}  {read_result(folders[n])}")
+            elif state == INTERRUPTED:
+                log.info(f"\t#{n} : interrupted, resumes from {runs.RunDir(folders[n]).last_ckpt}")
+
+    returns: dict[int, JobReturn] = {}
+    for batch in jobs:
+        for n, overrides in batch:
+            if states[n] == FINISHED:
+                returns[n] = kept_return(folders[n], overrides)
+        for group in groups(sweeper.launcher, [(n, o) for n, o in batch if states[n] != FINISHED]):
+            for (n, _), ret in zip(group, launch(sweeper.launcher, group), strict=True):
+                returns[n] = ret
+                if ret.status == JobStatus.FAILED and isinstance(ret._return_value, Interrupted):
+                    done = sum(1 for f in folders.values() if runs.RunDir(f).result.is_file())
+                    raise Interrupted(f"{str(ret._return_value).split(':', 1)[0]}: job {n} stopped and saved "
+                                      f"{runs.RunDir(folders[n]).last_ckpt}; {done} of {len(folders)} jobs "
+                                      f"are finished. Continue the sweep with: python -m mnist_lab.train -m "
+                                      f"resume={sweep_dir}")
+    ordered = [returns[n] for n in sorted(returns)]
+    for ret in ordered:
+        _ = ret.return_value  # raises the first failure, as Hydra's sweeper does (exit status 1)
+    return ordered
+
+
+def job_folder(sweeper: Any, num: int, overrides: list[str]) -> Path:
+    """The run folder that job `num` gets: hydra.sweep.dir/hydra.sweep.subdir, resolved as run_job does."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, overrides)
+    with open_dict(cfg):
+        cfg.hydra.job.num = cfg.hydra.job.id = num
+    previous = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+    finally:
+        HydraConfig.instance().cfg = previous
+
+
+def check_folders(sweep_dir: Path, folders: dict[int, Path], jobs: list) -> None:
+    """Every run folder already in the sweep folder must be the one its job gets now, with the same overrides."""
+    from mnist_lab.config import RESUME_MAY_SET
+    from mnist_lab.errors import ConfigError
+
+    def fixed(overrides: list[str]) -> list[str]:
+        return [o for o in overrides if override_key(o) not in RESUME_MAY_SET]
+
+    overrides = {n: o for batch in jobs for n, o in batch}
+    names = {f.name: n for n, f in folders.items()}
+    for found in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
+        recorded = yaml.safe_load((found / ".hydra" / "overrides.yaml").read_text()) or []
+        n = names.get(found.name)
+        if n is None or fixed(recorded) != fixed(overrides[n]):
+            raise ConfigError(f"sweep {sweep_dir} holds {found.name} (overrides {' '.join(recorded)}), which "
+                              "no job of this command would write: the sweep's jobs changed; continue it with "
+                              f"python -m mnist_lab.train -m resume={sweep_dir}, or give a new hydra.sweep.dir")
+
+
+def groups(launcher: Any, jobs: list[tuple[int, list[str]]]) -> list[list[tuple[int, list[str]]]]:
+    """How the jobs go to the launcher: one call each with the basic launcher (a Ctrl-C then stops the
+    sweep), all at once where the launcher takes numbered jobs (Slurm), else runs of consecutive numbers."""
+    # imported here, not above: Hydra's plugin scan executes its core plugins' modules again, so a class
+    # taken from them before the scan is not the class of the launcher it builds
+    from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+
+    if not jobs:
+        return []
+    if isinstance(launcher, BasicLauncher):
+        return [[job] for job in jobs]
+    if hasattr(launcher, "launch_numbered"):
+        return [jobs]
+    consecutive: list[list[tuple[int, list[str]]]] = [[jobs[0]]]
+    for job in jobs[1:]:
+        if job[0] == consecutive[-1][-1][0] + 1:
+            consecutive[-1].append(job)
+        else:
+            consecutive.append([job])
+    return consecutive
+
+
+def launch(launcher: Any, group: list[tuple[int, list[str]]]) -> Sequence[JobReturn]:
+    if hasattr(launcher, "launch_numbered"):
+        return launcher.launch_numbered(group)
+    return launcher.launch([o for _, o in group], initial_job_idx=group[0][0])
+
+
+def job_state(folder: Path) -> str:
+    run = runs.RunDir(folder)
+    if run.result.is_file():
+        return FINISHED
+    if run.last_ckpt.is_file():
+        return INTERRUPTED
+    return STARTED if folder.is_dir() else NEW
+
+
+def read_result(folder: Path) -> str:
+    """A finished run's test metrics, for the log: 'test/acc=0.9812 test/loss=0.0621'."""
+    try:
+        metrics = (yaml.safe_load(runs.RunDir(folder).result.read_text()) or {}).get("metrics", {})
+    except (OSError, yaml.YAMLError):
+        return ""
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
+
+
+def kept_return(folder: Path, overrides: list[str]) -> JobReturn:
+    """The JobReturn of a job that a resumed sweep skipped: its saved test accuracy, as the job returned it."""
+    ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, working_dir=str(folder))
+    metrics: dict[str, Any] = (yaml.safe_load(runs.RunDir(folder).result.read_text()) or {}).get("metrics", {})
+    ret.return_value = metrics.get("test/acc")
+    return ret
