@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import REPO, tiny_overrides
@@ -65,6 +66,20 @@ def test_sweep_on_slurm(slurm, tiny_mnist, tmp_path):
         assert "\r" not in text and re.search(r"^epoch 1/1: train loss \d\.\d{4} acc ", text, re.M), text[-2000:]
     ends = (sweep / "sweep.log").read_text().splitlines()  # each job, on its node, adds how it ended
     assert len(ends) == 2 and all(") finished: test/acc " in line for line in ends), ends
+    record = yaml.safe_load((runs[0] / "provenance.yaml").read_text())
+    assert record["slurm"]["job_id"] and record["host"]["world_size"] == 1
+
+    # the same command again, with job 0 gone (never started) and job 1 finished: one Slurm job, job 0's,
+    # keeping its number and folder name
+    shutil.rmtree(runs[0])
+    kept = (runs[1] / "result.yaml").stat().st_mtime_ns
+    again = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                           env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    assert "2 jobs, 1 finished (kept), 0 interrupted (resumed from their last.ckpt), 1 to run from the start" in \
+        again.stdout + again.stderr
+    assert (runs[0] / "result.yaml").is_file() and (runs[1] / "result.yaml").stat().st_mtime_ns == kept
+    assert len(list((sweep / ".submitit").rglob("*_log.out"))) == 3  # one more Slurm job
 
 
 def test_preempted_job_is_requeued_and_resumes(slurm, tiny_mnist, tmp_path):

@@ -1,29 +1,39 @@
-"""A multirun over both models on generated data, read back with TensorBoard's own reader."""
+"""A multirun over both models on generated data, read back with TensorBoard's own reader; a sweep killed
+half-way and resumed."""
 
 from __future__ import annotations
 
+import math
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
 
-from mnist_lab import compare
+from mnist_lab import compare, sweeps
 from tests.conftest import tiny_overrides
 
-SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/epoch_s",
-           "hp/val_acc", "hp/val_loss", "hp/test_acc", "hp/test_loss"}
+SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/epoch_s"}
+ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
+
+
+def sweep_command(data: Path, sweep_dir: Path, *args: str) -> list[str]:
+    overrides = [o for o in tiny_overrides(data, sweep_dir) if not o.startswith("output_dir=")]
+    return [sys.executable, "-m", "mnist_lab.train", "-m", "model=mlp,convnet", "seed=0,1", "trainer.max_epochs=2",
+            f"hydra.sweep.dir={sweep_dir}", *overrides, *args]
 
 
 @pytest.fixture(scope="module")
 def sweep(tiny_mnist, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    overrides = [o for o in tiny_overrides(tiny_mnist, root) if not o.startswith("output_dir=")]
-    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "model=mlp,convnet", "seed=0,1",
-           "trainer.max_epochs=2", f"hydra.sweep.dir={root / 'sweep'}", *overrides]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    result = subprocess.run(sweep_command(tiny_mnist, root / "sweep"), capture_output=True, text=True,
+                            timeout=600, env=ENV)
     assert result.returncode == 0, result.stderr[-2000:]
     return root / "sweep"
 
@@ -43,9 +53,22 @@ def test_event_files_hold_scalars_hparams_and_images(sweep):
         assert SCALARS <= set(tags["scalars"]), run.name
         assert len(events.Scalars("val/acc")) == 2 and len(events.Scalars("time/epoch_s")) == 2
         assert {"test/predictions", "test/confusion_matrix"} <= set(tags["images"]), run.name
+        assert "epoch" not in tags["scalars"]  # Lightning's epoch-against-step chart, first in the Scalars tab
+        assert all(math.isfinite(e.value) for tag in tags["scalars"] for e in events.Scalars(tag))  # no NaN
+
+        # HPARAMS: the swept keys and the model first, booleans and strings as such, paths left out
         hparams = events.PluginTagToContent("hparams")
-        assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams), run.name
-        assert b"model.name" in hparams["_hparams_/session_start_info"]
+        experiment = metadata.parse_experiment_plugin_data(hparams[metadata.EXPERIMENT_TAG])
+        infos = sorted(experiment.hparam_infos, key=lambda h: (not h.differs, h.name))  # TensorBoard's order
+        assert [h.name for h in infos[:2]] == ["model.name", "seed"] and not infos[2].differs
+        names = {h.name for h in infos}
+        assert {"optimizer.lr", "data.batch_size", "trainer.max_epochs"} <= names
+        assert not names & {"output_dir", "data.data_dir", "threads", "resume", "trainer.enable_progress_bar"}
+        assert [m.name.tag for m in experiment.metric_infos] == ["val/acc", "val/loss", "test/acc", "test/loss"]
+        start = metadata.parse_session_start_info_plugin_data(hparams[metadata.SESSION_START_INFO_TAG]).hparams
+        assert start["data.normalize"].WhichOneof("kind") == "bool_value" and start["data.normalize"].bool_value
+        assert start["model.name"].string_value == run.name.split("_")[1]
+        assert start["seed"].number_value in (0, 1)
 
 
 def test_compare_table_and_png(sweep, capsys):
@@ -56,10 +79,70 @@ def test_compare_table_and_png(sweep, capsys):
     mlp = next(r for r in rows if r.startswith("| mlp"))
     assert "407,050" in mlp and "| 2 |" in mlp and "±" in mlp
     assert "93,322" in next(r for r in rows if r.startswith("| convnet"))
-    png = sweep / "val_curves.png"
+    pair = next(line for line in out.splitlines() if line.startswith("- convnet"))  # convnet ... - mlp ...
+    assert " - mlp " in pair and " test acc, 95% CI [" in pair and "; 2 seeds: " in pair
+    assert out.startswith((sweep / "compare.md").read_text())  # the file holds what was printed
+    assert (sweep / "compare.csv").read_text().startswith("variant,metric,n,mean,std,ci_low,ci_high,seeds,values")
+    png = sweep / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_compare_on_an_empty_folder(tmp_path, capsys):
     assert compare.main([str(tmp_path)]) == 1
     assert "no runs under" in capsys.readouterr().err
+
+
+def table_without_times(sweep_dir: Path) -> str:
+    """compare's table, less its seconds-per-epoch column (wall time differs from run to run)."""
+    lines = compare.table([compare.read_run(p) for p in compare.find_runs(sweep_dir)]).splitlines()
+    return "\n".join(line.rsplit("|", 2)[0] if line.startswith("|") else line for line in lines)
+
+
+def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path):
+    """Killed (SIGKILL) during job 2 of 4; the same command then trains jobs 2 (from its last.ckpt) and 3 only."""
+    killed = tmp_path / "sweep"
+    cmd = sweep_command(tiny_mnist, killed)
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                             start_new_session=True)
+    deadline = time.time() + 300
+    while not list(killed.glob("2_*/checkpoints/last.ckpt")) and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(first.pid, signal.SIGKILL)  # as the OOM killer or a lost node would
+    first.wait()
+    (job2,) = killed.glob("2_*")
+    assert (job2 / "checkpoints" / "last.ckpt").is_file() and not (job2 / "result.yaml").exists()
+    assert not list(killed.glob("3_*"))
+    done = [p for p in killed.glob("[01]_*") if (p / "result.yaml").is_file()]
+    assert len(done) == 2
+    kept = {f: f.stat().st_mtime_ns for d in done for f in d.rglob("*") if f.is_file()}
+
+    changed = subprocess.run([*cmd, "seed=0,1,2"], capture_output=True, text=True, timeout=120, env=ENV)
+    assert changed.returncode == 1
+    assert f"sweep {killed} was started with other overrides: seed=0,1,2 (was: seed=0,1)" in changed.stderr
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    assert "4 jobs, 2 finished (kept), 1 interrupted (resumed from their last.ckpt), 1 to run from the start" in log
+    assert again.stdout.count("test: ") == 2  # trained: jobs 2 and 3, nothing else
+    assert f"resumed sweep: resuming from {job2 / 'checkpoints' / 'last.ckpt'}" in again.stdout
+    assert {f: f.stat().st_mtime_ns for f in kept} == kept  # the finished jobs' folders untouched
+    assert sorted(p.name for p in compare.find_runs(killed)) == sorted(p.name for p in compare.find_runs(sweep))
+    assert table_without_times(killed) == table_without_times(sweep)
+
+
+def test_resume_with_the_sweep_folder_alone(tmp_path):
+    sweep_dir = tmp_path / "s"
+    sweep_dir.mkdir()
+    record = {"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN", "hydra/launcher=slurm", "hydra.sweep.dir=x"],
+                                      "task": ["model=mlp,convnet", "seed=0,1", "threads=1"]}}}
+    (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump(record))
+    assert sweeps.is_sweep(sweep_dir)
+    argv = sweeps.resume_argv(sweep_dir, [], [f"resume={sweep_dir}", "threads=2", "hydra.launcher.partition=a"])
+    assert argv == ["-m", "hydra/launcher=slurm", "model=mlp,convnet", "seed=0,1", "threads=2",
+                    "hydra.launcher.partition=a", f"hydra.sweep.dir={sweep_dir}"]
+    with pytest.raises(Exception, match=r"continues the sweep with its saved overrides; drop optimizer.lr=1"):
+        sweeps.resume_argv(sweep_dir, ["-m"], [f"resume={sweep_dir}", "optimizer.lr=1"])
+    assert sweeps.changed_overrides(["seed=0,1", "threads=1"], ["seed=0,1", "threads=2"]) == []  # may differ
+    assert sweeps.changed_overrides(["seed=0,1", "optimizer.lr=1"], ["seed=0,1,2", "trainer.max_epochs=3"]) == \
+        ["seed=0,1,2 (was: seed=0,1)", "trainer.max_epochs=3 (new)", "no optimizer.lr (was: optimizer.lr=1)"]

@@ -1,19 +1,31 @@
-"""Summarise a sweep from its run folders.
+"""Summarise a sweep from its run folders, with the statistics to say whether a difference is real.
 
-    python -m mnist_lab.train -m model=mlp,convnet seed=0,1      # writes outputs/sweeps/<time>/
-    python -m mnist_lab.compare outputs/sweeps/<time>             # prints the table, writes val_curves.png
+    python -m mnist_lab.train -m model=mlp,convnet seed=0,1,2,3,4    # writes outputs/sweeps/<time>/
+    python -m mnist_lab.compare outputs/sweeps/<time>                 # prints the table, writes the files below
+    python -m mnist_lab.compare outputs/sweeps/<time> --tensorboard   # also mean ± std curves for TensorBoard
 
 Reads each run's logged scalars back with mnist_lab.loggers.read_scalars. A variant is a run's model
 plus its overrides other than the seed and the keys its sweep left out of the run folders' names
-(hydra.job.config.override_dirname.exclude_keys); runs of one variant with different seeds are
-averaged (mean ± sample std). Columns: parameters, best val accuracy, test accuracy, seconds per
-training epoch (median). The PNG (in the sweep folder) shows every run's validation accuracy per
-epoch, one colour a variant.
+(hydra.job.config.override_dirname.exclude_keys); a variant's runs with different seeds are its samples.
+
+For every variant: best val accuracy and test accuracy as mean ± sample std, the test accuracy's 95%
+bootstrap confidence interval for the mean over seeds (percentile bootstrap, 10,000 resamples, seeded), and
+seconds per training epoch (median of each run's epochs). For every two variants that share seeds: the
+paired difference in test accuracy, seed by seed, with its 95% bootstrap interval and a verdict (whether
+the interval excludes 0). With few seeds a bootstrap interval is narrower than the truth (5 seeds can
+only resample 5 values): read it as a lower bound on the uncertainty.
+
+Writes into the sweep folder: compare.md (what is printed), compare.csv (one row per variant or pair and
+metric), curves.png (each run's validation accuracy per epoch, one colour a variant; training accuracy
+for runs without validation) and with --tensorboard, compare_tb/<variant>/: TensorBoard runs of the
+mean and mean ± std over seeds per epoch (TensorBoard's Custom Scalars tab draws them as bands).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import statistics
 import sys
 from dataclasses import dataclass
@@ -23,13 +35,19 @@ import yaml
 
 from mnist_lab import runs
 
+RESAMPLES = 10_000  # bootstrap resamples
+LEVEL = 0.95  # confidence level of the intervals
+TB_FOLDER = "compare_tb"  # --tensorboard's runs, in the sweep folder
+
 
 @dataclass
 class Run:
     path: Path
     variant: str
+    seed: int | None
     params: int
     val_acc: list[float]  # per epoch
+    train_acc: list[float]  # per epoch
     test_acc: float | None
     epoch_s: float | None
 
@@ -50,10 +68,11 @@ def read_run(path: Path) -> Run:
         else []
     ignored = {"seed", "model", *left_out_of_names(hydra_dir / "hydra.yaml")}
     rest = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in ignored]
-    scalars = read_scalars(path, ("val/acc", "test/acc", "time/epoch_s"), chosen(config))
+    scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", "time/epoch_s"), chosen(config))
     test, epoch_s = scalars.get("test/acc"), scalars.get("time/epoch_s")
-    return Run(path, " ".join([model, *rest]), count_params(config.get("model", {})), scalars.get("val/acc", []),
-               test[-1] if test else None, statistics.median(epoch_s) if epoch_s else None)
+    return Run(path, " ".join([model, *rest]), config.get("seed"), count_params(config.get("model", {})),
+               scalars.get("val/acc", []), scalars.get("train/acc", []), test[-1] if test else None,
+               statistics.median(epoch_s) if epoch_s else None)
 
 
 def left_out_of_names(hydra_yaml: Path) -> list[str]:
@@ -83,32 +102,175 @@ def mean_std(xs: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
 
 
-def table(found: list[Run]) -> str:
-    """The Markdown table: one row per variant."""
+def bootstrap_ci(xs: list[float], level: float = LEVEL, resamples: int = RESAMPLES,
+                 seed: int = 0) -> tuple[float, float] | None:
+    """The percentile-bootstrap interval of the mean of `xs` (None below 2 values): resample `xs` with
+    replacement `resamples` times, take the middle `level` of the resampled means."""
+    import numpy as np
+
+    if len(xs) < 2:
+        return None
+    values = np.asarray(xs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+@dataclass
+class Stats:
+    n: int
+    mean: float | None
+    std: float | None
+    ci: tuple[float, float] | None
+    values: list[float]
+
+
+def stats(xs: list[float]) -> Stats:
+    return Stats(len(xs), statistics.mean(xs) if xs else None, statistics.stdev(xs) if len(xs) > 1 else None,
+                 bootstrap_ci(xs), list(xs))
+
+
+@dataclass
+class Paired:
+    a: str
+    b: str
+    seeds: list[int]
+    diff: Stats  # of b - a, seed by seed
+
+    def verdict(self, digits: int = 4) -> str:
+        """'convnet - mlp: +0.0128 test acc, 95% CI [+0.0110, +0.0146]; 5 seeds: convnet is better'."""
+        d = self.diff
+        head = f"{self.b} - {self.a}: {d.mean:+.{digits}f} test acc"
+        if d.ci is None:
+            return f"{head}; {d.n} seed: too few for an interval"
+        low, high = d.ci
+        if low > 0:
+            word = f"{self.b} is better"
+        elif high < 0:
+            word = f"{self.a} is better"
+        else:
+            word = "no clear difference (the interval includes 0)"
+        return f"{head}, {LEVEL:.0%} CI [{low:+.{digits}f}, {high:+.{digits}f}]; {d.n} seeds: {word}"
+
+
+def by_variant(found: list[Run]) -> dict[str, list[Run]]:
     variants: dict[str, list[Run]] = {}
     for r in found:
         variants.setdefault(r.variant, []).append(r)
-    lines = ["| variant | parameters | runs | best val acc | test acc | s / epoch |", "|-|-|-|-|-|-|"]
-    for name, rs in variants.items():
+    return variants
+
+
+def paired(found: list[Run]) -> list[Paired]:
+    """Every two variants (in table order) with at least 2 seeds in common: b - a over the shared seeds."""
+    variants = by_variant(found)
+    tests = {name: {r.seed: r.test_acc for r in rs if r.test_acc is not None and r.seed is not None}
+             for name, rs in variants.items()}
+    pairs = []
+    names = list(variants)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            seeds = sorted(tests[a].keys() & tests[b].keys())
+            if len(seeds) >= 2:
+                pairs.append(Paired(a, b, seeds, stats([tests[b][s] - tests[a][s] for s in seeds])))
+    return pairs
+
+
+def interval(ci: tuple[float, float] | None, digits: int = 4) -> str:
+    return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "-"
+
+
+def table(found: list[Run]) -> str:
+    """The Markdown table, one row per variant, and below it the paired differences."""
+    lines = [f"| variant | parameters | runs | best val acc | test acc | test acc {LEVEL:.0%} CI | s / epoch |",
+             "|-|-|-|-|-|-|-|"]
+    for name, rs in by_variant(found).items():
         best = [max(r.val_acc) for r in rs if r.val_acc]
         test = [r.test_acc for r in rs if r.test_acc is not None]
         secs = [r.epoch_s for r in rs if r.epoch_s is not None]
         lines.append(f"| {name} | {rs[0].params:,} | {len(rs)} | {mean_std(best)} | {mean_std(test)} | "
-                     f"{mean_std(secs, 2)} |")
+                     f"{interval(bootstrap_ci(test))} | {mean_std(secs, 2)} |")
+    pairs = paired(found)
+    if pairs:
+        lines += ["", f"Paired differences over shared seeds ({LEVEL:.0%} percentile bootstrap, "
+                      f"{RESAMPLES:,} resamples):", ""]
+        lines += [f"- {p.verdict()}" for p in pairs]
     return "\n".join(lines)
 
 
-def plot_curves(found: list[Run], path: Path) -> Path:
-    """val_curves.png: every run's validation accuracy per epoch, one colour a variant."""
+def rows(found: list[Run]) -> list[dict]:
+    """compare.csv: one row per variant and metric, and one per pair (paired test accuracy difference)."""
+    out = []
+
+    def row(variant: str, metric: str, s: Stats, seeds: list) -> dict:
+        return {"variant": variant, "metric": metric, "n": s.n, "mean": s.mean, "std": s.std,
+                "ci_low": s.ci[0] if s.ci else None, "ci_high": s.ci[1] if s.ci else None,
+                "seeds": " ".join(str(x) for x in seeds), "values": " ".join(repr(v) for v in s.values)}
+
+    for name, rs in by_variant(found).items():
+        for metric, pick in (("best val/acc", lambda r: max(r.val_acc) if r.val_acc else None),
+                             ("test/acc", lambda r: r.test_acc), ("time/epoch_s", lambda r: r.epoch_s)):
+            chosen = [(r.seed, pick(r)) for r in rs if pick(r) is not None]
+            out.append(row(name, metric, stats([v for _, v in chosen]), [s for s, _ in chosen]))
+    for p in paired(found):
+        out.append(row(f"{p.b} - {p.a}", "test/acc paired difference", p.diff, p.seeds))
+    return out
+
+
+def write_csv(found: list[Run], path: Path) -> Path:
+    buffer = io.StringIO()
+    fields = ["variant", "metric", "n", "mean", "std", "ci_low", "ci_high", "seeds", "values"]
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows(found))
+    return runs.write_text(path, buffer.getvalue())
+
+
+def plot_curves(found: list[Run], path: Path) -> str:
+    """curves.png: every run's validation accuracy per epoch, one colour a variant; the training accuracy
+    where no run validated (data.val_size=0). Returns what was drawn."""
     from mnist_lab import plots
 
-    return plots.save(plots.val_curves([(r.variant, r.val_acc) for r in found]), path)
+    stage = "validation" if any(r.val_acc for r in found) else "training"
+    curves = [(r.variant, r.val_acc if stage == "validation" else r.train_acc) for r in found]
+    plots.save(plots.val_curves(curves, stage), path)
+    return f"{stage} accuracy per epoch" + ("" if stage == "validation" else " (the runs hold no validation)")
+
+
+def write_tensorboard(found: list[Run], folder: Path) -> list[Path]:
+    """Per variant, a TensorBoard run in folder/<variant>/ with the mean and mean ± std over its seeds of the
+    validation (or training) accuracy per epoch, and a Custom Scalars layout drawing them as a band."""
+    import numpy as np
+    from torch.utils.tensorboard import SummaryWriter
+
+    written = []
+    stage = "val" if any(r.val_acc for r in found) else "train"
+    for name, rs in by_variant(found).items():
+        curves = [r.val_acc if stage == "val" else r.train_acc for r in rs]
+        epochs = min((len(c) for c in curves if c), default=0)
+        if not epochs:
+            continue
+        values = np.array([c[:epochs] for c in curves if c])
+        mean, std = values.mean(axis=0), values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros(epochs)
+        path = folder / name.replace(" ", "_").replace("/", "_")
+        with SummaryWriter(str(path)) as writer:
+            tag = f"{stage}_acc_over_seeds"
+            writer.add_custom_scalars({"mnist_lab compare": {
+                f"{stage} acc: mean ± std over seeds": ["Margin", [f"{tag}/mean", f"{tag}/lower", f"{tag}/upper"]]}})
+            for e in range(epochs):
+                writer.add_scalar(f"{tag}/mean", mean[e], e + 1)
+                writer.add_scalar(f"{tag}/lower", mean[e] - std[e], e + 1)
+                writer.add_scalar(f"{tag}/upper", mean[e] + std[e], e + 1)
+        written.append(path)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", type=Path, help="a sweep folder (outputs/sweeps/<time>) or any folder of runs")
-    parser.add_argument("--png", type=Path, help="where to write the curves (default: SWEEP/val_curves.png)")
+    parser.add_argument("--png", type=Path, help="where to write the curves (default: SWEEP/curves.png)")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help=f"also write mean ± std curves per variant as TensorBoard runs in SWEEP/{TB_FOLDER}/")
     args = parser.parse_args(argv)
     paths = find_runs(args.sweep)
     if not paths:
@@ -116,10 +278,16 @@ def main(argv: list[str] | None = None) -> int:
               "python -m mnist_lab.train -m", file=sys.stderr)
         return 1
     found = [read_run(p) for p in paths]
-    print(table(found))
-    png = args.png or args.sweep / "val_curves.png"
-    plot_curves(found, png)
-    print(f"validation curves: {png}")
+    text = table(found)
+    print(text)
+    md = runs.write_text(args.sweep / "compare.md", text + "\n")
+    csv_path = write_csv(found, args.sweep / "compare.csv")
+    png = args.png or args.sweep / "curves.png"
+    drawn = plot_curves(found, png)
+    print(f"\n{md}, {csv_path}\n{drawn}: {png}")
+    if args.tensorboard:
+        tb = write_tensorboard(found, args.sweep / TB_FOLDER)
+        print(f"mean ± std over seeds for TensorBoard (Custom Scalars tab): {', '.join(str(p) for p in tb)}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """The run's loggers (the `logger` config group): built in one place, written to and read back here.
 
     build_loggers(chosen, run)   the Lightning loggers that cfg.logger selects, writing into the run folder
-    HParams                      the run's config as hyperparameters to every logger (TensorBoard's HPARAMS)
+    HParams                      the run's config as hyperparameters to every logger (TensorBoard's HPARAMS:
+                                 the keys that tell a sweep's runs apart first)
     log_figure(...)              a matplotlib figure to every logger that keeps images
     read_scalars(run_dir, ...)   a run's logged scalars per tag, whichever logger wrote them
 
@@ -12,7 +13,6 @@ artifacts) in the sweep folder under -m, else in the run folder, or to logger.ml
 from __future__ import annotations
 
 import csv
-import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,7 +27,6 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 from mnist_lab.runs import MLRUNS, RunDir, atomic_path
 
 METRICS_CSV = ExperimentWriter.NAME_METRICS_FILE  # metrics.csv
-HP_METRICS = ("hp/val_acc", "hp/val_loss", "hp/test_acc", "hp/test_loss")  # TensorBoard's HPARAMS columns
 
 
 def chosen(config: Mapping | None) -> Mapping:
@@ -40,12 +39,20 @@ def build_loggers(chosen: Mapping, run: RunDir) -> list:
     """The loggers that `chosen` (cfg.logger) turns on: {tensorboard: {}, csv: {}, mlflow: {...}}, None = off."""
     loggers = []
     if chosen.get("tensorboard") is not None:
-        loggers.append(TensorBoardLogger(run.path, name="", version="", default_hp_metric=False))
+        loggers.append(RunTensorBoardLogger(run.path, name="", version="", default_hp_metric=False))
     if chosen.get("csv") is not None:
         loggers.append(RunCSVLogger(run.path, name="", version=""))
     if chosen.get("mlflow") is not None:
         loggers.append(mlflow_logger(chosen["mlflow"], run))
     return loggers
+
+
+class RunTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoardLogger without the `epoch` scalar Lightning adds to every logging call: in
+    TensorBoard it is a chart of its own, first in the Scalars tab, plotting the epoch against the step."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -149,48 +156,112 @@ def mlflow_logger(settings: Mapping, run: RunDir) -> MLFlowLogger:
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}, with values every logger can show (others as text)."""
+    """{'a': {'b': 1}} -> {'a.b': 1}, with values every logger can show (others as text; None kept)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping):
             out.update(flatten(v, key + "."))
         else:
-            out[key] = v if isinstance(v, int | float | str | bool) else str(v)
+            out[key] = v if v is None or isinstance(v, int | float | str | bool) else str(v)
     return out
 
 
 class HParams(L.Callback):
     """The run's resolved config, flattened, as every logger's hyperparameters (logged when a run starts,
-    not again when it resumes). TensorBoard's HPARAMS tab also needs metric tags: hp/val_acc, hp/val_loss
-    (each validation) and hp/test_acc, hp/test_loss (after testing) go to TensorBoard loggers."""
+    not again when it resumes).
+
+    TensorBoard's HPARAMS tab gets them through its own summary API (Lightning's passes booleans as
+    numbers, and registers the metric columns by logging placeholder values at step 0): the keys that
+    tell runs apart first (tensorboard_hparams), booleans and strings as such, and as metric columns
+    the run's own val/ and test/ scalars (their last values)."""
 
     def on_fit_start(self, trainer, module) -> None:
         config = module.hparams.get("config")
         if not config or trainer.ckpt_path is not None:
             return
-        params = flatten(config)
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):  # registers the tags, or HPARAMS stays empty
-                logger.log_hyperparams(params, {k: math.nan for k in HP_METRICS})
+            if isinstance(logger, TensorBoardLogger):
+                if trainer.is_global_zero:  # the other ranks' experiment is a stand-in that writes nothing
+                    write_tensorboard_hparams(logger, config, swept_keys(config))
             else:
-                logger.log_hyperparams(params)
+                logger.log_hyperparams(flatten(config))
 
-    # on_*_end runs after the epoch's logged means reach callback_metrics (on_*_epoch_end runs before).
-    def on_validation_end(self, trainer, module) -> None:
-        if not trainer.sanity_checking:
-            self._log_hp(trainer, "val")
 
-    def on_test_end(self, trainer, module) -> None:
-        self._log_hp(trainer, "test")
+# Keys of a run's config that say where it reads and writes and how it shows itself, not what it
+# computes: left out of TensorBoard's HPARAMS (config.yaml and the other loggers keep them).
+NOT_HPARAMS = ("output_dir", "resume", "threads", "export", "data.data_dir", "data.download",
+               "data.verify_checksums", "trainer.enable_progress_bar", "logger.")
+HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # HPARAMS' metric columns, in this order
 
-    def _log_hp(self, trainer, stage: str) -> None:
-        metrics = trainer.callback_metrics
-        values = {f"hp/{stage}_{k}": float(metrics[f"{stage}/{k}"])
-                  for k in ("acc", "loss") if f"{stage}/{k}" in metrics}
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger) and values:
-                logger.log_metrics(values, step=trainer.global_step)
+
+def swept_keys(config: Mapping) -> list[str]:
+    """The config keys a sweep varies (model=mlp,convnet -> model.name), in the sweep's order, read from the
+    sweep folder's record of its command line; a job without one (another sweeper's): the keys its own
+    overrides set. None outside a sweep. What tells the runs apart, so TensorBoard shows them first."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    from mnist_lab.runs import SWEEP_RECORD
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    hydra_cfg = HydraConfig.get()
+    record = Path(hydra_cfg.sweep.dir) / SWEEP_RECORD
+    if record.is_file():
+        import yaml
+
+        sweep = (yaml.safe_load(record.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task") or []
+        parsed = OverridesParser.create().parse_overrides(list(sweep))
+        names = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    else:
+        names = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+    flat = flatten(config)
+    keys = []
+    for key in names:
+        key = key if key in flat else f"{key}.name"  # a config group: its choice's name
+        if key in flat and not key.startswith(NOT_HPARAMS) and key not in keys:
+            keys.append(key)
+    return keys
+
+
+def tensorboard_hparams(config: Mapping, swept: list[str]) -> tuple[dict[str, Any], set[str]]:
+    """(hyperparameters in display order, the keys to show first): the swept keys and the model, then the
+    rest of the config in its order; NOT_HPARAMS and unset options (null: the library's default) left out."""
+    flat = {k: v for k, v in flatten(config).items() if not k.startswith(NOT_HPARAMS) and v is not None}
+    first = [k for k in [*swept, "model.name"] if k in flat]
+    ordered = {k: flat[k] for k in first}
+    ordered.update((k, v) for k, v in flat.items() if k not in ordered)
+    return ordered, set(first)
+
+
+def write_tensorboard_hparams(logger: TensorBoardLogger, config: Mapping, swept: list[str]) -> None:
+    """The HPARAMS tab's records for this run, built from TensorBoard's hparams protos (its summary helpers
+    need TensorFlow). TensorBoard sorts the columns by `differs`, then by name: the swept keys and the
+    model are marked, so they come first."""
+    import time
+
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    params, first = tensorboard_hparams(config, swept)
+    kinds = {bool: "DATA_TYPE_BOOL", int: "DATA_TYPE_FLOAT64", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
+    infos = [api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kinds[type(v)]), differs=k in first)
+             for k, v in params.items()]
+    validates = (config.get("data") or {}).get("val_size", 1) > 0
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in HPARAM_METRICS
+               if validates or not tag.startswith("val/")]
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    for k, v in params.items():
+        field = {bool: "bool_value", str: "string_value"}.get(type(v), "number_value")  # bool before int
+        setattr(start.hparams[k], field, v)
+    writer = logger.experiment._get_file_writer()
+    for tag, data in ((metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(
+                           experiment=api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics))),
+                      (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=start))):
+        writer.add_summary(Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data))]))
+    writer.flush()
 
 
 def log_figure(loggers: list, tag: str, figure, step: int) -> None:

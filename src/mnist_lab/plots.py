@@ -152,23 +152,26 @@ def feature_maps(digit: np.ndarray, maps: list[tuple[str, np.ndarray]], label: s
     return fig
 
 
-def val_curves(curves: list[tuple[str, list[float]]]):
-    """Validation accuracy per epoch of several runs, given as (variant, values): one colour a variant."""
+def val_curves(curves: list[tuple[str, list[float]]], stage: str = "validation"):
+    """Accuracy per epoch of several runs, given as (variant, values): one colour a variant. `stage` names
+    what the values are (validation, or training for runs without validation)."""
     from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours: dict[str, str] = {}
-    for variant, values in curves:
-        if not values:
-            continue
+    drawn = [(variant, values) for variant, values in curves if values]
+    for variant, values in drawn:
         colour = colours.setdefault(variant, f"C{len(colours)}")
         ax.plot(range(1, len(values) + 1), values, marker="o", color=colour, alpha=0.85,
                 label=variant if variant not in ax.get_legend_handles_labels()[1] else None)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title(f"validation accuracy per epoch ({len(curves)} runs)")
+    ax.set_ylabel(f"{stage} accuracy")
+    ax.set_title(f"{stage} accuracy per epoch ({len(drawn)} runs)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if drawn:
+        ax.legend()
+    else:  # nothing logged per epoch (e.g. runs stopped before their first epoch ended)
+        ax.text(0.5, 0.5, f"no run logged its {stage} accuracy", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig

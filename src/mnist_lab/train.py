@@ -26,7 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import config as _config  # registers the typed configs
-from mnist_lab import provenance, runlog
+from mnist_lab import runlog
 from mnist_lab.config import CONF_DIR
 from mnist_lab.runlog import log
 from mnist_lab.runs import RunDir, shown, write_text
@@ -56,6 +56,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     import lightning as L
     import torch
 
+    from mnist_lab import provenance
     from mnist_lab.models import build_model, summary
 
     run = RunDir(cfg.output_dir)
@@ -97,7 +98,9 @@ def write_result(run: RunDir, epochs: int, metrics: dict[str, float]) -> None:
     the last epoch's training and validation means and the best checkpoint's test metrics."""
     import yaml
 
-    result = {"finished": provenance.now(), "epochs": epochs, "metrics": dict(sorted(metrics.items()))}
+    from mnist_lab.provenance import now
+
+    result = {"finished": now(), "epochs": epochs, "metrics": dict(sorted(metrics.items()))}
     write_text(run.result, yaml.safe_dump(result, sort_keys=False))
 
 
