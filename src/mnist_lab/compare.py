@@ -233,7 +233,7 @@ def plot_curves(found: list[Run], path: Path) -> str:
 
     stage = "validation" if any(r.val_acc for r in found) else "training"
     curves = [(r.variant, r.val_acc if stage == "validation" else r.train_acc) for r in found]
-    plots.save(plots.val_curves(curves, stage), path)
+    plots.save(plots.accuracy_curves(curves, stage), path)
     return f"{stage} accuracy per epoch" + ("" if stage == "validation" else " (the runs hold no validation)")
 
 

@@ -152,7 +152,7 @@ def feature_maps(digit: np.ndarray, maps: list[tuple[str, np.ndarray]], label: s
     return fig
 
 
-def val_curves(curves: list[tuple[str, list[float]]], stage: str = "validation"):
+def accuracy_curves(curves: list[tuple[str, list[float]]], stage: str = "validation"):
     """Accuracy per epoch of several runs, given as (variant, values): one colour a variant. `stage` names
     what the values are (validation, or training for runs without validation)."""
     from matplotlib.ticker import MaxNLocator

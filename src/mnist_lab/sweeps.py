@@ -121,13 +121,14 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
         num += len(batch)
     # composing every job's config here also finds composition errors before any job runs, as Hydra's does
     folders = {n: job_folder(sweeper, n, overrides) for batch in jobs for n, overrides in batch}
-    if saved is not None:
+    resuming = saved is not None or any(f.is_dir() for f in folders.values())
+    if resuming:
         check_folders(sweep_dir, folders, jobs)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     runs.write_text(sweep_dir / runs.SWEEP_RECORD, OmegaConf.to_yaml(sweeper.config))
 
     states = {n: job_state(folder) for n, folder in folders.items()}
-    if saved is not None:
+    if resuming:
         counts = {s: sum(v == s for v in states.values()) for s in (FINISHED, INTERRUPTED, STARTED, NEW)}
         log.info(f"Resuming sweep {sweep_dir}: {len(states)} jobs, {counts[FINISHED]} finished (kept), "
                  f"{counts[INTERRUPTED]} interrupted (resumed from their last.ckpt), "

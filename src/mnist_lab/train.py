@@ -89,18 +89,18 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         checkpoint = trainer.checkpoint_callback
         export(checkpoint.best_model_path or checkpoint.last_model_path, data_dir=cfg.data.data_dir)
     if trainer.is_global_zero:
-        write_result(run, trainer.current_epoch, {**fitted, **metrics})
+        write_result(run, {**fitted, **metrics})
     return metrics
 
 
-def write_result(run: RunDir, epochs: int, metrics: dict[str, float]) -> None:
+def write_result(run: RunDir, metrics: dict[str, float]) -> None:
     """<run>/result.yaml, the mark of a finished run (a resumed sweep skips it; reproduce compares with it):
     the last epoch's training and validation means and the best checkpoint's test metrics."""
     import yaml
 
     from mnist_lab.provenance import now
 
-    result = {"finished": now(), "epochs": epochs, "metrics": dict(sorted(metrics.items()))}
+    result = {"finished": now(), "metrics": dict(sorted(metrics.items()))}
     write_text(run.result, yaml.safe_dump(result, sort_keys=False))
 
 
