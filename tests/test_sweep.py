@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata
 
 from mnist_lab import compare, sweeps
+from mnist_lab.figures import FIGURES
 from tests.conftest import tiny_overrides
 
 SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/epoch_s"}
@@ -126,7 +127,9 @@ def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path)
     assert "4 jobs, 2 finished (kept), 1 interrupted (resumed from their last.ckpt), 1 to run from the start" in log
     assert again.stdout.count("test: ") == 2  # trained: jobs 2 and 3, nothing else
     assert f"resumed sweep: resuming from {job2 / 'checkpoints' / 'last.ckpt'}" in again.stdout
-    assert {f: f.stat().st_mtime_ns for f in kept} == kept  # the finished jobs' folders untouched
+    assert {f: f.stat().st_mtime_ns for f in kept} == kept  # the finished jobs' files untouched
+    for run in compare.find_runs(killed):  # a figure the killed sweep's worker had not drawn is drawn now
+        assert all((run / f"{name}.png").is_file() for name in FIGURES), run
     assert sorted(p.name for p in compare.find_runs(killed)) == sorted(p.name for p in compare.find_runs(sweep))
     assert table_without_times(killed) == table_without_times(sweep)
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 HISTORY_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
+FIGURES = ("history", "confusion_matrix", "per_class", "mistakes")  # the PNGs draw_now writes into the run folder
 log = logging.getLogger("mnist_lab")
 _pool: ProcessPoolExecutor | None = None
 
@@ -83,6 +84,13 @@ def draw_history(run_dir: str | os.PathLike, chosen: Mapping[str, Any]) -> None:
 
     run = RunDir(run_dir)
     plots.save(plots.history(read_scalars(run.path, HISTORY_TAGS, chosen)), run.figure("history"))
+
+
+def missing(run_dir: str | os.PathLike) -> list[str]:
+    """The figures a run folder lacks (a sweep stopped while a worker drew them)."""
+    from mnist_lab.runs import RunDir
+
+    return [name for name in FIGURES if not RunDir(run_dir).figure(name).is_file()]
 
 
 def in_sweep_process() -> bool:

@@ -136,6 +136,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
         for n, state in states.items():
             if state == FINISHED:
                 log.info(f"\t#{n} : finished, kept: {folders[n].name}  {read_result(folders[n])}")
+                complete_figures(folders[n])
             elif state == INTERRUPTED:
                 log.info(f"\t#{n} : interrupted, resumes from {runs.RunDir(folders[n]).last_ckpt}")
 
@@ -229,6 +230,19 @@ def job_state(folder: Path) -> str:
     if run.last_ckpt.is_file():
         return INTERRUPTED
     return STARTED if folder.is_dir() else NEW
+
+
+def complete_figures(folder: Path) -> None:
+    """Draw the figures a finished job lacks: a sweep's jobs hand their drawing to worker processes
+    (mnist_lab.figures), which a killed sweep takes with it."""
+    if not runs.RunDir(folder).test_outputs.is_file():
+        return
+    from mnist_lab import figures
+
+    lacking = figures.missing(folder)
+    if lacking:
+        log.info(f"\t     its figures were not drawn ({', '.join(lacking)}: the sweep stopped first); drawing them")
+        figures.main([str(folder)])
 
 
 def read_result(folder: Path) -> str:
