@@ -19,7 +19,7 @@ Ctrl-C stops the sweep after the job it interrupts saved its last.ckpt; with hyd
 it launches go to Slurm as one array, whatever their numbers. Only global overrides that change where
 the data is and how runs show themselves may differ between the runs (config.RESUME_MAY_SET).
 
-No torch here: Hydra imports the plugin, and with it this module, in every command.
+No torch at import: train.prepare_argv imports this module in every `python -m mnist_lab.train`.
 """
 
 from __future__ import annotations
