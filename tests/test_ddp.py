@@ -145,7 +145,9 @@ def test_ddp_spawn_under_a_sweep(tiny_mnist, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep"]  # no outputs/, lightning_logs/ beside it
     runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [r.name.split("_")[:2] for r in runs] == [["0", "mlp"], ["1", "convnet"]]
-    assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == ["multirun.yaml"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_file()) == ["multirun.yaml", "sweep.log"]
+    ends = (sweep / "sweep.log").read_text().splitlines()  # a line per job, not per rank
+    assert len(ends) == 2 and all(") finished: test/acc " in line for line in ends), ends
     assert result.stdout.count("test: ") == 2
     for run in runs:
         events = list(run.rglob("events.out.tfevents.*"))

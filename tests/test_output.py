@@ -60,9 +60,9 @@ def test_a_run_into_a_file_prints_a_line_per_epoch_and_its_log_keeps_them(tiny_m
     names = {p.name for p in run.iterdir()}
     events = {n for n in names if n.startswith("events.out.tfevents.")}
     assert len(events) == 3  # written while training, while testing, and with the figures drawn after it
-    assert names - events == {".hydra", "config.yaml", "train.log", "summary.txt", "hparams.yaml", "checkpoints",
-                              "history.png", "per_class.png", "mistakes.png", "confusion_matrix.png",
-                              "test_outputs.npz"}
+    assert names - events - {"provenance.diff"} == {  # the diff only where the checkout has uncommitted changes
+        ".hydra", "config.yaml", "train.log", "summary.txt", "hparams.yaml", "checkpoints", "provenance.yaml",
+        "result.yaml", "history.png", "per_class.png", "mistakes.png", "confusion_matrix.png", "test_outputs.npz"}
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
 
 

@@ -340,9 +340,8 @@ def check_unchanged(cfg: DictConfig, run: RunDir) -> None:
     changed = [f"{k}={now.get(k)} (saved: {saved.get(k)})" for k in sorted(saved.keys() | now.keys())
                if saved.get(k) != now.get(k) and not k.startswith(free)]
     if changed:
-        raise ConfigError(f"{run.path} holds an interrupted run of another config: {'; '.join(changed)}. The "
-                          "sweep's overrides are the same, so conf/ changed since it ran: restore it, or start "
-                          "a new sweep (another hydra.sweep.dir)")
+        raise ConfigError(f"{run.path}: an interrupted run of another config ({'; '.join(changed)}); conf/ changed "
+                          "since the sweep began: restore it, or give a new hydra.sweep.dir")
 
 
 def requeued() -> bool:
