@@ -304,8 +304,8 @@ def bench_fixed(args) -> list[dict]:
 
     build_run = train_module.build_run
 
-    def with_marks(cfg, run, net=None):
-        trainer, module, datamodule = build_run(cfg, run, net)
+    def with_marks(cfg, run, net=None, **kwargs):
+        trainer, module, datamodule = build_run(cfg, run, net, **kwargs)
         trainer.callbacks.insert(0, Marks())
         return trainer, module, datamodule
 

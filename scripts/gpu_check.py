@@ -7,7 +7,8 @@ DIR holds MNIST/raw/ (GPU machines are often offline). Steps, each in its own pr
 if an earlier one failed: tests/test_gpu.py (pytest -m gpu); scripts/bench.py's GPU rows for the MLP
 and the convnet (plain loop, plain CUDA-graph loop, mnist_lab's default path, fast.compile=true; 5
 epochs, medians of 2), the convnet's plain graph loop and compiled path again with cudnn.benchmark; what
-a run pays besides its epochs; 10-run sweeps (MLP, convnet) from the command to the last test line.
+a run pays besides its epochs; a 10-run MLP sweep and a 5-run convnet sweep from the command to the
+last test line.
 Under 5 minutes on one H200.
 The table comes last; --out keeps logs and JSON lines.
 """
@@ -71,7 +72,7 @@ def main() -> None:
                        "--json", str(jsonl)], args.out, 60),
         step("sweep", [py, bench, "--device", "cuda", "--data", args.data, "--sweep", "10", "--json", str(jsonl)],
              args.out, 90),
-        step("sweep_convnet", [py, bench, "--device", "cuda", "--data", args.data, "--sweep", "10",
+        step("sweep_convnet", [py, bench, "--device", "cuda", "--data", args.data, "--sweep", "5",
                                "--models", "convnet", "--json", str(jsonl)], args.out, 90),
     ]
     print()

@@ -74,3 +74,18 @@ def test_rerendered_test_digits_within_2_points(one_epoch, real_mnist, tmp_path)
 
     original, rerendered = accuracy(str(tmp_path / "originals.npy")), accuracy(str(tmp_path / "scans"))
     assert original >= 0.95 and abs(rerendered - original) <= 0.02, (original, rerendered)
+
+
+def test_bench_times_what_a_run_pays_besides_its_epochs(real_mnist):
+    """scripts/bench.py --fixed goes through train() with its own hook on build_run: it follows build_run's
+    signature."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(repo / "scripts" / "bench.py"), "--fixed", "--repeats", "1",
+                           "--data", str(real_mnist), "--threads", "2"], cwd=repo, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "a 1-epoch MLP run (" in done.stdout and "setup " in done.stdout, done.stdout[-2000:]
