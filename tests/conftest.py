@@ -87,3 +87,27 @@ def make_cfg():
             return compose(config_name=config_name, overrides=list(overrides))
 
     return _make
+
+
+def train_interrupted(make_cfg, overrides: list[str], out: Path, when, sig: int, match: str, monkeypatch) -> list[str]:
+    """Train `overrides` into `out`, sending `sig` once, inside the first fast-path chunk for which
+    when(runner, xs) holds; the run must stop with Interrupted matching `match`. Returns the overrides into
+    `out` (add resume= to continue it)."""
+    from mnist_lab.errors import Interrupted
+    from mnist_lab.fastpath import ChunkRunner
+    from mnist_lab.train import train
+
+    original = ChunkRunner.__call__
+
+    def interrupted(self, xs, ys):
+        if not getattr(self, "signalled", False) and when(self, xs):
+            self.signalled = True
+            os.kill(os.getpid(), sig)  # arrives while the chunk runs
+        return original(self, xs, ys)
+
+    cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
+    with monkeypatch.context() as m:
+        m.setattr(ChunkRunner, "__call__", interrupted)
+        with pytest.raises(Interrupted, match=match):
+            train(make_cfg(cut))
+    return cut

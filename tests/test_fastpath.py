@@ -5,7 +5,6 @@ Tiny generated data: 500 training images in batches of 32, i.e. 15 full batches 
 
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
@@ -14,13 +13,13 @@ from omegaconf import OmegaConf
 
 from mnist_lab import fastpath
 from mnist_lab.data import TensorBatches
-from mnist_lab.errors import Interrupted, TrainingError
+from mnist_lab.errors import TrainingError
 from mnist_lab.fastpath import ChunkRunner
 from mnist_lab.models import build_model
 from mnist_lab.module import load_checkpoint
 from mnist_lab.optim import build_optimizer
 from mnist_lab.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_overrides, train_interrupted
 
 
 def cpu(data, out) -> list[str]:
@@ -206,22 +205,13 @@ def test_limit_train_batches_counts_steps(tiny_mnist, tmp_path, make_cfg):
 def test_interrupt_inside_a_chunk_then_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch):
     overrides = cpu(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3", "fast.steps=4"]
     whole = train(make_cfg(overrides))
-    original = ChunkRunner.__call__
 
-    def interrupted(self, xs, ys):
-        if not hasattr(self, "signalled") and self.optimizer.state and len(xs) == 4:
-            steps = next(iter(self.optimizer.state.values()))["step"]
-            if steps >= 20:  # the chunk of steps 21-24 (epoch 2: 17-20, 21-24, 25-28, 29-31, 32)
-                self.signalled = True
-                os.kill(os.getpid(), signal.SIGINT)  # arrives while the chunk runs
-        return original(self, xs, ys)
+    def step_21_to_24(runner, xs):  # the chunk of steps 21-24 (epoch 2: 17-20, 21-24, 25-28, 29-31, 32)
+        return runner.optimizer.state and len(xs) == 4 and next(iter(runner.optimizer.state.values()))["step"] >= 20
 
     out = tmp_path / "cut"
-    cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
-    with monkeypatch.context() as m:
-        m.setattr(ChunkRunner, "__call__", interrupted)
-        with pytest.raises(Interrupted, match=r"SIGINT received: stopped after step 24 \(epoch 2\)"):
-            train(make_cfg(cut))
+    cut = train_interrupted(make_cfg, overrides, out, step_21_to_24, signal.SIGINT,
+                            r"SIGINT received: stopped after step 24 \(epoch 2\)", monkeypatch)
     assert load_checkpoint(out / "checkpoints" / "last.ckpt")["global_step"] == 24  # the chunk finished
     resumed = train(make_cfg(cut + [f"resume={out}"]))
     assert resumed == pytest.approx(whole, abs=1e-6)
@@ -233,19 +223,13 @@ def test_interrupt_in_an_epochs_last_step_stops_after_its_validation(tiny_mnist,
 
     overrides = cpu(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3"]
     whole = train(make_cfg(overrides))
-    original = ChunkRunner.__call__
 
-    def interrupted(self, xs, ys):
-        if xs.shape[1] == 20 and next(iter(self.optimizer.state.values()))["step"] == 31:  # epoch 2's last batch
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, xs, ys)
+    def epoch_2s_last_batch(runner, xs):
+        return xs.shape[1] == 20 and next(iter(runner.optimizer.state.values()))["step"] == 31
 
     out = tmp_path / "cut"
-    cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
-    with monkeypatch.context() as m:
-        m.setattr(ChunkRunner, "__call__", interrupted)
-        with pytest.raises(Interrupted, match=r"SIGTERM received: stopped after step 32 \(at the end of epoch 2\)"):
-            train(make_cfg(cut))
+    cut = train_interrupted(make_cfg, overrides, out, epoch_2s_last_batch, signal.SIGTERM,
+                            r"SIGTERM received: stopped after step 32 \(at the end of epoch 2\)", monkeypatch)
     assert train(make_cfg(cut + [f"resume={out}"])) == pytest.approx(whole, abs=1e-6)
     events = EventAccumulator(str(out), size_guidance={"scalars": 0})
     events.Reload()

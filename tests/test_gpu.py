@@ -6,19 +6,17 @@
 
 from __future__ import annotations
 
-import os
 import signal
 
 import pytest
 import torch
 
-from mnist_lab.errors import Interrupted
 from mnist_lab.fastpath import ChunkRunner
 from mnist_lab.models import build_model
 from mnist_lab.module import load_checkpoint
 from mnist_lab.optim import build_optimizer
 from mnist_lab.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import tiny_overrides, train_interrupted
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -76,20 +74,9 @@ def test_graph_run_matches_eager_and_plain_runs(tiny_mnist, tmp_path, make_cfg, 
 def test_replay_after_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch):
     overrides = tiny_overrides(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3", "fast.steps=4"]
     whole = train(make_cfg(overrides))
-    original = ChunkRunner.__call__
-
-    def interrupted(self, xs, ys):
-        if not hasattr(self, "signalled") and self.graphs and len(xs) == 4:
-            self.signalled = True
-            os.kill(os.getpid(), signal.SIGINT)
-        return original(self, xs, ys)
-
     out = tmp_path / "cut"
-    cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
-    with monkeypatch.context() as m:
-        m.setattr(ChunkRunner, "__call__", interrupted)
-        with pytest.raises(Interrupted, match="resume with"):
-            train(make_cfg(cut))
+    cut = train_interrupted(make_cfg, overrides, out, lambda runner, xs: runner.graphs and len(xs) == 4,
+                            signal.SIGINT, "resume with", monkeypatch)
     resumed = train(make_cfg(cut + [f"resume={out}"]))  # captures again, on the restored tensors
     assert resumed["test/acc"] == pytest.approx(whole["test/acc"], abs=1e-6)
     assert max_diff(weights(tmp_path / "whole"), weights(out)) <= 1e-5
