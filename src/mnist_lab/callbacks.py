@@ -159,10 +159,7 @@ def study_callbacks(run_dir: Path, chosen: Mapping | None = None) -> list[L.Call
     trial = current_trial()
     if trial is None:
         return []
-    from omegaconf import OmegaConf
-
-    return [OptunaTrial(trial, run_dir, OmegaConf.to_container(chosen, resolve=True) if OmegaConf.is_config(chosen)
-                        else chosen)]
+    return [OptunaTrial(trial, run_dir, chosen)]
 
 
 class OptunaTrial(L.Callback):

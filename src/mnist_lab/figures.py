@@ -97,11 +97,10 @@ def in_sweep_process() -> bool:
     """Whether this is a job of a sweep whose jobs run one after another in this process (Hydra's basic
     launcher): where drawing beside the next job saves time."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return False
-    return "BasicLauncher" in str(HydraConfig.get().launcher.get("_target_", ""))
+    from mnist_lab.sweeps import in_sweep
+
+    return in_sweep() and "BasicLauncher" in str(HydraConfig.get().launcher.get("_target_", ""))
 
 
 def saved_payload(run_dir: str | os.PathLike) -> dict[str, Any] | None:

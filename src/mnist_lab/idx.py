@@ -81,20 +81,24 @@ def check_raw_files(data_dir: str | os.PathLike, checksums: bool = True) -> None
     for name, (magic, _, sha256) in RAW_FILES.items():
         path = folder / name
         read_header(path, magic)
-        stat = path.stat()
-        if checksums and (path, stat.st_size, stat.st_mtime_ns) not in _VERIFIED:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            if digest != sha256:
-                raise DataError(
-                    f"{shown(path)} is corrupted: SHA-256 {digest[:12]}..., expected {sha256[:12]}...; replace it "
-                    "with the original file (delete it, and data.download=true fetches it again)"
-                )
-            _VERIFIED.add((path, stat.st_size, stat.st_mtime_ns))
+        if checksums and (digest := file_sha256(path)) != sha256:
+            raise DataError(
+                f"{shown(path)} is corrupted: SHA-256 {digest[:12]}..., expected {sha256[:12]}...; replace it "
+                "with the original file (delete it, and data.download=true fetches it again)"
+            )
 
 
-# Files whose SHA-256 matched in this process, as (path, size, mtime): the jobs of a sweep, run one
-# after another in one process, hash 55 MB once, not once a job. A changed file is hashed again.
-_VERIFIED: set[tuple[Path, int, int]] = set()
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, hashed once per process while its size and mtime stay the same: the jobs of a
+    sweep, run one after another in one process, hash 55 MB once (checksums and provenance), not once a job."""
+    stat = path.stat()
+    key = (path, stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256:
+        _SHA256[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return _SHA256[key]
+
+
+_SHA256: dict[tuple[Path, int, int], str] = {}
 
 
 def ensure_raw_files(data_dir: str | os.PathLike, download: bool = True, checksums: bool = True) -> None:

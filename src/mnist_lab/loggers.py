@@ -104,11 +104,9 @@ def mlflow_store(run: RunDir) -> Path:
     for folder in (run.path, run.path.parent):
         if (folder / MLRUNS / "mlflow.db").is_file():
             return folder / MLRUNS
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from mnist_lab.sweeps import in_sweep
 
-    sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    return (run.path.parent if sweep else run.path) / MLRUNS
+    return (run.path.parent if in_sweep() else run.path) / MLRUNS
 
 
 def mlflow_client(settings: Mapping, run: RunDir) -> tuple[Any, str, str | None]:
@@ -201,22 +199,18 @@ def swept_keys(config: Mapping) -> list[str]:
     overrides set. None outside a sweep. What tells the runs apart, so TensorBoard shows them first."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.types import RunMode
 
-    from mnist_lab.runs import SWEEP_RECORD
+    from mnist_lab.sweeps import in_sweep, override_key, saved_overrides
 
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_sweep():
         return []
     hydra_cfg = HydraConfig.get()
-    record = Path(hydra_cfg.sweep.dir) / SWEEP_RECORD
-    if record.is_file():
-        import yaml
-
-        sweep = (yaml.safe_load(record.read_text()) or {}).get("hydra", {}).get("overrides", {}).get("task") or []
-        parsed = OverridesParser.create().parse_overrides(list(sweep))
+    saved = saved_overrides(Path(hydra_cfg.sweep.dir))
+    if saved is not None:
+        parsed = OverridesParser.create().parse_overrides(saved[0])
         names = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
     else:
-        names = [o.split("=", 1)[0].lstrip("+~") for o in hydra_cfg.overrides.task]
+        names = [override_key(o) for o in hydra_cfg.overrides.task]
     flat = flatten(config)
     keys = []
     for key in names:

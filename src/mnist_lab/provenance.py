@@ -16,7 +16,6 @@ cannot be found is said in the file instead.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import platform
 import shlex
@@ -153,20 +152,10 @@ def cpu_name() -> str:
 
 
 def data_files(data_dir: str | os.PathLike) -> dict[str, Any]:
-    from mnist_lab.idx import RAW_FILES, raw_folder
+    from mnist_lab.idx import RAW_FILES, file_sha256, raw_folder
 
     folder = raw_folder(data_dir)
-    sha = {}
-    for name in RAW_FILES:
-        path = folder / name
-        if path.is_file():
-            digest = hashlib.sha256()
-            with path.open("rb") as f:
-                while chunk := f.read(1 << 22):
-                    digest.update(chunk)
-            sha[name] = digest.hexdigest()
-        else:
-            sha[name] = "missing"
+    sha = {name: file_sha256(folder / name) if (folder / name).is_file() else "missing" for name in RAW_FILES}
     return {"folder": str(folder), "sha256": sha}
 
 

@@ -35,7 +35,7 @@ TAGS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc
 def recorded_metrics(run: runs.RunDir, config: dict) -> dict[str, float]:
     """The run's final metrics: result.yaml's, else the last value of each tag its loggers hold."""
     if run.result.is_file():
-        return dict((yaml.safe_load(run.result.read_text()) or {}).get("metrics", {}))
+        return runs.result_metrics(run.path)
     from mnist_lab.loggers import chosen, read_scalars
 
     return {tag: values[-1] for tag, values in read_scalars(run.path, TAGS, chosen(config)).items() if values}
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     provenance = yaml.safe_load(run.provenance.read_text()) if run.provenance.is_file() else {}
     out = args.out or Path("outputs/reproduce") / f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}_{run.path.name}"
-    cfg = config_again(saved, provenance, out.resolve(), args.data_dir, run)
+    cfg = config_again(provenance, out.resolve(), args.data_dir, run)
 
     from mnist_lab import provenance as prov
     from mnist_lab.train import train
@@ -119,21 +119,19 @@ def main(argv: list[str] | None = None) -> int:
     failed = [m for m, *_, ok in rows if not ok]
     if failed:
         print(f"NOT reproduced: {', '.join(failed)} {'differ' if len(failed) > 1 else 'differs'} "
-              f"(git: the run {commit(provenance)}, now {commit(prov.collect()[0])})")
+              f"(git: the run {commit(provenance)}, now {commit({'git': prov.git_state()[0]})})")
         return 1
     print(f"reproduced: {len(rows)} metrics {'identical' if exact else 'within tolerance'}")
     return 0
 
 
-def config_again(saved: dict, provenance: dict, out: Path, data_dir: str | None, run: runs.RunDir):
-    """The saved config, typed, for a new run in `out`: the recorded thread count, no export, and the data
-    folder found again (a relative one is taken from the run's working directory where the current one
-    lacks it)."""
-    from omegaconf import OmegaConf
+def config_again(provenance: dict, out: Path, data_dir: str | None, run: runs.RunDir):
+    """The saved config, typed (train.saved_config, as resume= reads it), for a new run in `out`: the recorded
+    thread count, no export, and the data folder found again (a relative one is taken from the run's working
+    directory where the current one lacks it)."""
+    from mnist_lab.train import saved_config
 
-    from mnist_lab import config as _config
-
-    cfg = OmegaConf.merge(OmegaConf.structured(_config.Config), saved)
+    cfg = saved_config(run, str(run.path))
     cfg.output_dir, cfg.resume, cfg.export = str(out), None, False
     if cfg.threads is None and provenance.get("host", {}).get("torch_threads"):
         cfg.threads = provenance["host"]["torch_threads"]

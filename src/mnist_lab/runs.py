@@ -197,6 +197,13 @@ def write_failed(path: Path, err: OSError):
                       f"({free_space(path.parent)} free there); {kept}")
 
 
+def result_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The metrics of a finished run's result.yaml (train.write_result); {} where it holds none."""
+    import yaml
+
+    return dict((yaml.safe_load(RunDir(run_dir).result.read_text()) or {}).get("metrics", {}))
+
+
 def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` atomically; returns `path`."""
     with atomic_path(path) as tmp:

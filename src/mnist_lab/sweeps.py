@@ -35,7 +35,15 @@ from hydra.core.utils import JobReturn, JobStatus
 from mnist_lab import runs
 
 log = logging.getLogger(__name__)
-FINISHED, INTERRUPTED, STARTED, NEW = "finished", "interrupted", "started", "not started"
+FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "not started"
+
+
+def in_sweep() -> bool:
+    """Whether Hydra runs this process as a job of a sweep (-m)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def override_key(override: str) -> str:
@@ -129,10 +137,10 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
 
     states = {n: job_state(folder) for n, folder in folders.items()}
     if resuming:
-        counts = {s: sum(v == s for v in states.values()) for s in (FINISHED, INTERRUPTED, STARTED, NEW)}
+        counts = {s: sum(v == s for v in states.values()) for s in (FINISHED, INTERRUPTED, NEW)}
         log.info(f"Resuming sweep {sweep_dir}: {len(states)} jobs, {counts[FINISHED]} finished (kept), "
                  f"{counts[INTERRUPTED]} interrupted (resumed from their last.ckpt), "
-                 f"{counts[STARTED] + counts[NEW]} to run from the start")
+                 f"{counts[NEW]} to run from the start")
         for n, state in states.items():
             if state == FINISHED:
                 log.info(f"\t#{n} : finished, kept: {folders[n].name}  {read_result(folders[n])}")
@@ -229,7 +237,7 @@ def job_state(folder: Path) -> str:
         return FINISHED
     if run.last_ckpt.is_file():
         return INTERRUPTED
-    return STARTED if folder.is_dir() else NEW
+    return NEW
 
 
 def complete_figures(folder: Path) -> None:
@@ -248,7 +256,7 @@ def complete_figures(folder: Path) -> None:
 def read_result(folder: Path) -> str:
     """A finished run's test metrics, for the log: 'test/acc=0.9812 test/loss=0.0621'."""
     try:
-        metrics = (yaml.safe_load(runs.RunDir(folder).result.read_text()) or {}).get("metrics", {})
+        metrics = runs.result_metrics(folder)
     except (OSError, yaml.YAMLError):
         return ""
     return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
@@ -257,6 +265,5 @@ def read_result(folder: Path) -> str:
 def kept_return(folder: Path, overrides: list[str]) -> JobReturn:
     """The JobReturn of a job that a resumed sweep skipped: its saved test accuracy, as the job returned it."""
     ret = JobReturn(overrides=overrides, status=JobStatus.COMPLETED, working_dir=str(folder))
-    metrics: dict[str, Any] = (yaml.safe_load(runs.RunDir(folder).result.read_text()) or {}).get("metrics", {})
-    ret.return_value = metrics.get("test/acc")
+    ret.return_value = runs.result_metrics(folder).get("test/acc")
     return ret

@@ -170,11 +170,11 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     last = ModelCheckpoint(dirpath=run.checkpoints, filename=runs.LAST, enable_version_counter=False)
     callbacks = [checkpoint, *([last] if validate else []), NonFiniteGuard(), GracefulInterrupt(run.path),
                  EpochTime(), HParams(), SpawnedWorkersEnd()]
+    chosen = OmegaConf.to_container(cfg.logger, resolve=True)
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
-        chosen = OmegaConf.to_container(cfg.logger, resolve=True)
         callbacks.append(RunFigures(run.path, chosen, normalized=cfg.data.normalize))
     callbacks.append(EpochLines())  # after the checkpoints: its line says the epoch is saved
-    callbacks += study_callbacks(run.path, cfg.logger)  # a trial of hydra/sweeper=optuna (last: pruned ends fit)
+    callbacks += study_callbacks(run.path, chosen)  # a trial of hydra/sweeper=optuna (last: pruned ends fit)
     trainer_args = {**trainer_args, "enable_progress_bar": runlog.show_progress_bar(cfg.trainer.enable_progress_bar)}
     if trainer_args["enable_progress_bar"]:
         callbacks.append(RunProgressBar())  # Lightning's own bar, which also counts plain steps
@@ -272,6 +272,8 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         log.info(f"resuming {shown(run.path)} from {run.last_ckpt.relative_to(run.path)}, saved after step "
                  f"{ckpt.get('global_step', 0)} (epoch {ckpt.get('epoch', 0) + 1})")
         return saved, str(run.last_ckpt)
+    from mnist_lab.sweeps import in_sweep
+
     run = RunDir(cfg.output_dir)
     if (requeued() or in_sweep()) and run.last_ckpt.is_file():  # the same job again: its config is cfg
         from mnist_lab.module import load_checkpoint
@@ -320,14 +322,6 @@ def saved_config(run: RunDir, given: str) -> DictConfig:
     except OmegaConfBaseException as err:
         key = err.full_key or err.key or "a key"
         raise ConfigError(f"resume={given}: its config.yaml holds an invalid {key}: {err.value!r}; {fix}") from err
-def in_sweep() -> bool:
-    """Whether Hydra runs this process as a job of a sweep (-m)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def check_unchanged(cfg: DictConfig, run: RunDir) -> None:
     """Raise ConfigError where the config a sweep job resumes with differs from the one its run folder saved
     (keys that resume= may set aside)."""
