@@ -152,21 +152,20 @@ class GracefulInterrupt(L.Callback):
         self.previous = {}
 
 
-class SpawnedWorkersEnd(L.Callback):
-    """Ends the process group of ddp_spawn's workers before they exit: a barrier, then destroy_process_group.
+class ProcessGroupEnd(L.Callback):
+    """Ends the process group before its processes exit: a barrier, then destroy_process_group.
 
-    Under ddp_spawn (trainer=ddp_cpu) fit and test each run in fresh worker processes that exit when the stage
-    ends. Lightning leaves their gloo process group to an atexit handler; a worker exiting while the other's
+    Lightning leaves a DDP run's gloo process group to an atexit handler; a process exiting while another's
     connection is still open now and then aborts (SIGABRT, "terminate called without an active exception"),
-    which fails the job after its work was done. Processes that Lightning did not spawn (ddp launched by
-    Slurm or torchrun) keep their group for the next stage.
+    which fails the run after its work was done. ddp_spawn's workers (trainer=ddp_cpu with
+    trainer.strategy=ddp_spawn) exit after each stage, fit and test; processes that share the run (ddp
+    re-launched by Lightning, started by Slurm or torchrun) after testing, train()'s last stage.
     """
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         import torch.distributed as dist
 
-        if getattr(trainer.strategy, "_start_method", "popen") == "popen":
-            return
-        if dist.is_available() and dist.is_initialized():
+        spawned = getattr(trainer.strategy, "_start_method", "popen") != "popen"
+        if (spawned or stage == "test") and dist.is_available() and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()

@@ -146,7 +146,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
 
     from mnist_lab import runs
     from mnist_lab.callbacks import EpochLines, EpochTime, RunFigures, RunProgressBar, study_callbacks
-    from mnist_lab.guards import AtomicCheckpointIO, GracefulInterrupt, NonFiniteGuard, SpawnedWorkersEnd
+    from mnist_lab.guards import AtomicCheckpointIO, GracefulInterrupt, NonFiniteGuard, ProcessGroupEnd
     from mnist_lab.loggers import HParams, build_loggers
 
     quiet_lightning()
@@ -169,7 +169,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     # own, written every epoch.
     last = ModelCheckpoint(dirpath=run.checkpoints, filename=runs.LAST, enable_version_counter=False)
     callbacks = [checkpoint, *([last] if validate else []), NonFiniteGuard(), GracefulInterrupt(run.path),
-                 EpochTime(), HParams(), SpawnedWorkersEnd()]
+                 EpochTime(), HParams(), ProcessGroupEnd()]
     chosen = OmegaConf.to_container(cfg.logger, resolve=True)
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
         callbacks.append(RunFigures(run.path, chosen, normalized=cfg.data.normalize))
