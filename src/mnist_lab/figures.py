@@ -131,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
+    from mnist_lab.compare import find_runs
     from mnist_lab.loggers import chosen
     from mnist_lab.runs import RunDir
 
@@ -138,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     if not folders:
         print("usage: python -m mnist_lab.figures <run or sweep folder>...", file=sys.stderr)
         return 2
-    runs = sorted(run for f in folders for run in
-                  ([f] if RunDir(f).config.is_file() else {p.parent for p in f.rglob(RunDir(f).config.name)}))
+    runs = sorted({run for f in folders for run in find_runs(f)})
     drawn = 0
     for run in runs:
         payload = saved_payload(run)

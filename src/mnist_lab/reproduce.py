@@ -131,7 +131,7 @@ def config_again(provenance: dict, out: Path, data_dir: str | None, run: runs.Ru
     directory where the current one lacks it)."""
     from mnist_lab.train import saved_config
 
-    cfg = saved_config(run, str(run.path))
+    cfg = saved_config(run, f"reproduce {run.path}")
     cfg.output_dir, cfg.resume, cfg.export = str(out), None, False
     if cfg.threads is None and provenance.get("host", {}).get("torch_threads"):
         cfg.threads = provenance["host"]["torch_threads"]

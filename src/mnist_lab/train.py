@@ -259,7 +259,7 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
         if not run.last_ckpt.is_file():
             raise CheckpointError(f"resume={cfg.resume}: {run.last_ckpt} not found; the run saved no checkpoint "
                                   "yet, so start it again instead")
-        saved = saved_config(run, cfg.resume)
+        saved = saved_config(run, f"resume={cfg.resume}")
         for key in _config.RESUME_MAY_SET:  # this call's values
             if key != "data.data_dir" or data_dir_given():  # else the run's own, where its data was
                 OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
@@ -297,9 +297,10 @@ def data_dir_given() -> bool:
     return any(o.split("=", 1)[0].lstrip("+~") == "data.data_dir" for o in HydraConfig.get().overrides.task)
 
 
-def saved_config(run: RunDir, given: str) -> DictConfig:
-    """A run's config.yaml, read and checked against the typed schema; ConfigError (one line) where it was
-    damaged or hand-edited to what the schema cannot take."""
+def saved_config(run: RunDir, asked: str) -> DictConfig:
+    """A run's config.yaml, read and checked against the typed schema; ConfigError (one line, beginning with
+    `asked`: what read it, e.g. "resume=<run>") where it was damaged or hand-edited to what the schema cannot
+    take."""
     import yaml
     from omegaconf.errors import OmegaConfBaseException
 
@@ -311,17 +312,17 @@ def saved_config(run: RunDir, given: str) -> DictConfig:
     try:
         loaded = OmegaConf.load(run.config)
         if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"resume={given}: its config.yaml holds no config keys; {fix}")
+            raise ConfigError(f"{asked}: its config.yaml holds no config keys; {fix}")
         if "logger" not in loaded:  # saved before the logger group: TensorBoard
             loaded.logger = {"tensorboard": {}}
         return OmegaConf.merge(OmegaConf.structured(_config.Config), loaded)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise ConfigError(f"resume={given}: its config.yaml is not valid YAML{where}; {fix}") from err
+        raise ConfigError(f"{asked}: its config.yaml is not valid YAML{where}; {fix}") from err
     except OmegaConfBaseException as err:
         key = err.full_key or err.key or "a key"
-        raise ConfigError(f"resume={given}: its config.yaml holds an invalid {key}: {err.value!r}; {fix}") from err
+        raise ConfigError(f"{asked}: its config.yaml holds an invalid {key}: {err.value!r}; {fix}") from err
 def check_unchanged(cfg: DictConfig, run: RunDir) -> None:
     """Raise ConfigError where the config a sweep job resumes with differs from the one its run folder saved
     (keys that resume= may set aside)."""
