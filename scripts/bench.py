@@ -11,7 +11,7 @@ same shuffled batches of 128, on the same device, for --epochs epochs, and is te
 (untimed). Variants, each repeated --repeats times, alternating:
     plain        forward, cross-entropy, backward, step: a plain PyTorch loop
     plain_graph  (GPU) the whole step captured once as a CUDA graph and replayed per batch
-    mnist_lab    the default path, built by mnist_lab.train.build_run exactly as `python -m
+    mnist_lab    the default path, built by mnist_lab.assemble.build_run exactly as `python -m
                  mnist_lab.train` builds it: the fast path (K steps per training_step; on a GPU one
                  CUDA graph per chunk), its callbacks, logging and checkpoints
     compiled     (GPU) mnist_lab with fast.compile=true
@@ -140,11 +140,11 @@ def mnist_lab_run(name, data_dir, epochs, seed, threads, overrides=()) -> tuple[
     """A run as `python -m mnist_lab.train` builds it (build_run), with a callback that times each
     training epoch up to its last step and tests the net after it (untimed)."""
     import lightning as L
-    from hydra import compose, initialize_config_dir
 
-    from mnist_lab.config import CONF_DIR
+    from mnist_lab.assemble import build_run
+    from mnist_lab.config import compose
+    from mnist_lab.console import quiet_lightning
     from mnist_lab.runs import RunDir
-    from mnist_lab.train import build_run, quiet_lightning
 
     class EpochProbe(L.Callback):
         def __init__(self):
@@ -161,16 +161,15 @@ def mnist_lab_run(name, data_dir, epochs, seed, threads, overrides=()) -> tuple[
                 self.accs.append(accuracy(module.net.eval(), dm.test_x, dm.test_y))
                 module.net.train()
 
-    with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose([
             f"model={name}", f"data.data_dir={data_dir}", "data.download=false", f"seed={seed}",
             f"threads={threads}", f"trainer.max_epochs={epochs}", "trainer.enable_progress_bar=false",
             f"output_dir={tmp}", *overrides])
         quiet_lightning()
         L.seed_everything(seed, verbose=False)
-        trainer, module, datamodule = build_run(cfg, RunDir(tmp))
         probe = EpochProbe()
-        trainer.callbacks.append(probe)
+        trainer, module, datamodule = build_run(cfg, RunDir(tmp), callbacks=[probe])
         trainer.fit(module, datamodule=datamodule)
     return probe.seconds, probe.accs
 
@@ -271,9 +270,8 @@ def bench_fixed(args) -> list[dict]:
     """Seconds a run spends besides its training epochs, by phase, for a 1-epoch MLP run."""
     import lightning as L
     import torch
-    from hydra import compose, initialize_config_dir
 
-    from mnist_lab.config import CONF_DIR
+    from mnist_lab.config import compose
     from mnist_lab.train import train
 
     marks: dict[str, float] = {}
@@ -300,37 +298,24 @@ def bench_fixed(args) -> list[dict]:
         def on_test_start(self, trainer, module):
             self._mark("test_start", module)
 
-    import mnist_lab.train as train_module
-
-    build_run = train_module.build_run
-
-    def with_marks(cfg, run, net=None, **kwargs):
-        trainer, module, datamodule = build_run(cfg, run, net, **kwargs)
-        trainer.callbacks.insert(0, Marks())
-        return trainer, module, datamodule
-
     rows = []
-    train_module.build_run = with_marks
-    try:
-        for i in range(args.repeats + 1):
-            marks.clear()
-            with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-                cfg = compose(config_name="config", overrides=[
-                    f"data.data_dir={args.data}", "data.download=false", f"threads={args.threads}",
-                    "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"output_dir={tmp}",
-                    f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}"])
-                t0 = time.perf_counter()
-                train(cfg)
-                end = time.perf_counter()
-            if i == 0:
-                continue  # warm-up: imports
-            rows.append({"setup_s": marks["epoch_start"] - t0,  # config, data, trainer, fit start
-                         "epoch_s": marks["epoch_end"] - marks["epoch_start"],
-                         "validation_checkpoints_s": marks["fit_end"] - marks["epoch_end"],
-                         "history_test_figures_s": end - marks["fit_end"],
-                         "total_s": end - t0})
-    finally:
-        train_module.build_run = build_run
+    for i in range(args.repeats + 1):
+        marks.clear()
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = compose([
+                f"data.data_dir={args.data}", "data.download=false", f"threads={args.threads}",
+                "trainer.max_epochs=1", "trainer.enable_progress_bar=false", f"output_dir={tmp}",
+                f"trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}"])
+            t0 = time.perf_counter()
+            train(cfg, callbacks=[Marks()])
+            end = time.perf_counter()
+        if i == 0:
+            continue  # warm-up: imports
+        rows.append({"setup_s": marks["epoch_start"] - t0,  # config, data, trainer, fit start
+                     "epoch_s": marks["epoch_end"] - marks["epoch_start"],
+                     "validation_checkpoints_s": marks["fit_end"] - marks["epoch_end"],
+                     "history_test_figures_s": end - marks["fit_end"],
+                     "total_s": end - t0})
     row = {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
     row.update(fixed=True, device=args.device, hardware=hardware(args.device), repeats=len(rows))
     row["besides_epoch_s"] = round(row["total_s"] - row["epoch_s"], 3)

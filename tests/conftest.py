@@ -1,15 +1,17 @@
-"""Fixtures: tiny generated MNIST-format IDX files, configs composed as Hydra composes them."""
+"""Fixtures and helpers: tiny generated MNIST-format IDX files, configs composed as Hydra composes them,
+the commands run as a user runs them."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
-from mnist_lab.config import CONF_DIR
+from mnist_lab import config
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MNIST = Path(os.environ.get("MNIST_LAB_REAL_DATA", REPO.parent / "shared" / "mnist"))
@@ -81,12 +83,17 @@ def tiny_overrides(data_dir: Path, out: Path) -> list[str]:
 @pytest.fixture
 def make_cfg():
     """make_cfg(overrides) -> the composed DictConfig, as `python -m mnist_lab.train <overrides>` sees it."""
+    return config.compose
 
-    def _make(overrides: list[str] = (), config_name: str = "config"):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose(config_name=config_name, overrides=list(overrides))
 
-    return _make
+def run_cli(args: list[str], cwd: Path, timeout: int = 300, module: str = "mnist_lab.train", quiet: bool = False,
+            **kwargs) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` in `cwd`, as a user runs it. Output is captured as text unless stdout or
+    stderr are given; quiet=True turns Python's warnings off (PYTHONWARNINGS=ignore)."""
+    if "stdout" not in kwargs and "stderr" not in kwargs:
+        kwargs.update(capture_output=True, text=True)
+    env = {**os.environ, **({"PYTHONWARNINGS": "ignore"} if quiet else {}), **kwargs.pop("env", {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, timeout=timeout, **kwargs)
 
 
 def train_interrupted(make_cfg, overrides: list[str], out: Path, when, sig: int, match: str, monkeypatch) -> list[str]:

@@ -34,18 +34,17 @@ SCRIPT = """
 import json, sys
 from pathlib import Path
 
+import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 
-import mnist_lab.callbacks as callbacks
-from mnist_lab.config import CONF_DIR
+from mnist_lab.config import compose
 from mnist_lab.train import train
 
 out = Path(sys.argv[1])
 probe = torch.randn(784, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
 
-class Recorder(callbacks.EpochTime):  # records a fingerprint of every training image a rank sees
+class Recorder(L.Callback):  # records a fingerprint of every training image a rank sees
     def on_train_start(self, trainer, module):
         self.seen = []
 
@@ -56,10 +55,7 @@ class Recorder(callbacks.EpochTime):  # records a fingerprint of every training 
         (out / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.seen))
 
 
-callbacks.EpochTime = Recorder
-with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-    cfg = compose(config_name="config", overrides=sys.argv[2:])
-metrics = train(cfg)
+metrics = train(compose(sys.argv[2:]), callbacks=[Recorder()])
 if int(__import__("os").environ.get("LOCAL_RANK", 0)) == 0:
     (out / "metrics.json").write_text(json.dumps(metrics))
 """

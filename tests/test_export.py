@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from mnist_lab.config import compose
 from mnist_lab.errors import CheckpointError
 from mnist_lab.export import Deployable, export, load_net
 from mnist_lab.predict import predict
@@ -20,14 +21,10 @@ from tests.conftest import tiny_overrides
 
 @pytest.fixture(scope="module", params=["mlp", "convnet"])
 def exported(request, tiny_mnist, tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from mnist_lab.config import CONF_DIR
 
     out = tmp_path_factory.mktemp(request.param)
     overrides = tiny_overrides(tiny_mnist, out) + [f"model={request.param}", "trainer.max_epochs=1", "export=true"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        train(compose(config_name="config", overrides=overrides))
+    train(compose(overrides))
     return out
 
 

@@ -5,6 +5,7 @@ Tiny generated data: 500 training images in batches of 32, i.e. 15 full batches 
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 
 import pytest
@@ -153,17 +154,24 @@ def test_optimizer_state_follows_the_path():
     assert all(g["capturable"] is False for g in opt.param_groups)
 
 
-def test_plan_says_why_the_plain_path_runs(make_cfg):
-    assert fastpath.plan(make_cfg([]))[0] == {"cuda_graph": True, "compile": False, "clip_norm": None}
-    assert fastpath.plan(make_cfg(["fast.enabled=false"])) == (None, "fast.enabled=false")
-    assert "bf16-mixed" in fastpath.plan(make_cfg(["trainer.precision=16-mixed"]))[1]
-    assert "DDP" in fastpath.plan(make_cfg(["trainer=ddp_cpu"]))[1]
+def test_plan_resolves_k_once_and_says_why_the_plain_path_runs(make_cfg):
+    assert fastpath.plan(make_cfg([]), "cpu", 429) == fastpath.FastPlan(steps=32)
+    assert fastpath.plan(make_cfg([]), "cuda", 429) == fastpath.FastPlan(steps=429, cuda_graph=True)
+    clipped = fastpath.plan(make_cfg(["fast.steps=8", "trainer.gradient_clip_val=1.0", "fast.compile=true"]), "cpu", 9)
+    assert clipped == fastpath.FastPlan(steps=8, compile=True, clip_norm=1.0)
+    assert clipped.describe() == "fast path: 8 steps per training_step, compiled"
+    plain = fastpath.plan(make_cfg(["fast.enabled=false"]), "cuda", 429)
+    assert not plain.fast and plain.describe() == "plain path, one step per training_step (fast.enabled=false)"
+    assert "bf16-mixed" in fastpath.plan(make_cfg(["trainer.precision=16-mixed"]), "cuda", 429).plain_because
+    assert "DDP" in fastpath.plan(make_cfg(["trainer=ddp_cpu"]), "cpu", 429).plain_because
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.steps = 4
 
 
 def test_auto_trainer_cannot_tell_slurm_what_to_ask_for():
+    from mnist_lab.cmdline import prepare_argv
     from mnist_lab.config import gpus_per_node
     from mnist_lab.errors import ConfigError
-    from mnist_lab.train import prepare_argv
 
     assert gpus_per_node("gpu", 2) == 2 and gpus_per_node("cpu", 2) is None
     with pytest.raises(ConfigError, match="trainer=gpu .* for GPU jobs, trainer=cpu for CPU jobs"):
@@ -174,10 +182,12 @@ def test_auto_trainer_cannot_tell_slurm_what_to_ask_for():
 
 # Whole runs ---------------------------------------------------------------------------------------
 
-def test_chunks_train_exactly_like_single_steps(tiny_mnist, tmp_path, make_cfg, capsys):
-    runs = {}
+def test_chunks_train_exactly_like_single_steps(tiny_mnist, tmp_path, make_cfg, capsys, monkeypatch):
+    runs, plans, plan = {}, [], fastpath.plan
+    monkeypatch.setattr(fastpath, "plan", lambda *args: plans.append(plan(*args)) or plans[-1])
     for name, extra in (("plain", ["fast.enabled=false"]), ("k4", ["fast.steps=4"]), ("auto", [])):
         runs[name] = train(make_cfg(cpu(tiny_mnist, tmp_path / name) + extra))
+    assert [p.steps for p in plans] == [None, 4, 32]  # decided once per run
     out = capsys.readouterr().out
     assert "device: CPU (1 thread); plain path, one step per training_step (fast.enabled=false)" in out
     assert "device: CPU (1 thread); fast path: 4 steps per training_step" in out

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from mnist_lab.activations import activations
+from mnist_lab.config import compose
 from mnist_lab.errors import CheckpointError
 from mnist_lab.explore import describe, explore, report
 from mnist_lab.train import train
@@ -43,13 +44,9 @@ def test_explore_real_mnist(real_mnist):
 
 @pytest.fixture(scope="module")
 def convnet_run(tiny_mnist, tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from mnist_lab.config import CONF_DIR
 
     out = tmp_path_factory.mktemp("convnet_run")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        train(compose(config_name="config", overrides=tiny_overrides(tiny_mnist, out) + ["model=convnet"]))
+    train(compose(tiny_overrides(tiny_mnist, out) + ["model=convnet"]))
     return out
 
 

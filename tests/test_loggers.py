@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from mnist_lab import compare
+from mnist_lab import compare, runs
 from mnist_lab.runs import MLRUNS
 from tests.conftest import tiny_overrides
 
@@ -52,7 +52,7 @@ def sweep(tiny_mnist, tmp_path_factory):
 def runs_of(sweep, logger: str) -> list:
     import yaml
 
-    return [r for r in compare.find_runs(sweep)
+    return [r for r in runs.find_runs(sweep)
             if yaml.safe_load((r / "config.yaml").read_text())["logger"][logger] is not None]
 
 
@@ -99,14 +99,18 @@ def test_compare_reads_csv_and_mlflow_runs(sweep, capsys):
 
 @needs_mlflow
 def test_several_loggers_and_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch):
+    import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
 
     from mnist_lab.errors import Interrupted
     from mnist_lab.module import LitClassifier
     from mnist_lab.train import train
 
     out = tmp_path / "run"
-    overrides = tiny_overrides(tiny_mnist, out) + ["logger=[tensorboard,csv,mlflow]", "fast.steps=4"]
+    # the fast path takes clipping and the batch limit out of Lightning's hands, not out of the run's record
+    overrides = tiny_overrides(tiny_mnist, out) + ["logger=[tensorboard,csv,mlflow]", "fast.steps=4",
+                                                   "trainer.gradient_clip_val=100.0", "trainer.limit_train_batches=1.0"]
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         if self.global_step > 16 and not hasattr(self, "signalled"):  # mid-epoch 1 of 2 (16 steps an epoch)
@@ -133,6 +137,15 @@ def test_several_loggers_and_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch)
     assert [m.step for m in client.get_metric_history(record.info.run_id, "val/acc")] == steps
     assert record.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
     assert record.info.status == "FINISHED" and record.data.params["resume"] == "None"  # params of the start
+
+    kept = {"trainer.gradient_clip_val": 100.0, "trainer.limit_train_batches": 1.0}
+    saved = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]
+    assert {k: saved["config"]["trainer"][k.split(".")[1]] for k in kept} == kept
+    assert saved["fast"]["steps"] == 4  # the plan, as plain values
+    start = metadata.parse_session_start_info_plugin_data(
+        events.PluginTagToContent("hparams")[metadata.SESSION_START_INFO_TAG]).hparams
+    assert {k: start[k].number_value for k in kept} == kept  # TensorBoard's HPARAMS
+    assert {k: float(record.data.params[k]) for k in kept} == kept  # MLflow's params
 
 
 def test_mlflow_missing_is_one_clear_error(make_cfg, tmp_path, monkeypatch):

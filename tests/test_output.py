@@ -10,7 +10,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,15 +19,11 @@ from mnist_lab import guards, idx
 from mnist_lab.errors import ConfigError, DataError, Interrupted, WriteError
 from mnist_lab.module import LitClassifier, load_checkpoint
 from mnist_lab.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import run_cli, tiny_overrides
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+): train loss \d\.\d{4} acc \d\.\d{4}, val loss \d\.\d{4} acc \d\.\d{4}, "
                         r"\d+\.\d s$")
 RUN = "outputs/runs/2026-11-23_04-18-05-760123"  # a run folder as a user sees it, relative to where they are
-
-
-def cli(args: list[str], cwd: Path, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnist_lab.train", *args], cwd=cwd, timeout=timeout, **kw)
 
 
 def one_line(message: str) -> str:
@@ -42,7 +37,7 @@ def test_a_run_into_a_file_prints_a_line_per_epoch_and_its_log_keeps_them(tiny_m
     run = tmp_path / "run"
     overrides = [o for o in tiny_overrides(tiny_mnist, run) if not o.startswith(("output_dir=", "trainer.enable"))]
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:  # files: not a terminal
-        result = cli([f"hydra.run.dir={run}", *overrides], cwd=tmp_path, stdout=out, stderr=err)
+        result = run_cli([f"hydra.run.dir={run}", *overrides], cwd=tmp_path, stdout=out, stderr=err)
     stdout, stderr = (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
     assert result.returncode == 0, stderr[-3000:]
     assert "\r" not in stdout + stderr  # no progress-bar redraws
@@ -67,7 +62,7 @@ def test_a_run_into_a_file_prints_a_line_per_epoch_and_its_log_keeps_them(tiny_m
 
 
 def test_help_shows_groups_choices_and_every_key(tmp_path):
-    result = cli(["--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    result = run_cli(["--help"], cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     text = result.stdout
     assert re.search(r"^  hydra/launcher +basic\*, slurm\b", text, re.M)
@@ -78,7 +73,7 @@ def test_help_shows_groups_choices_and_every_key(tmp_path):
     keys = [line.split()[0] for line in text.splitlines() if re.match(r"^  [a-z_]+(\.[a-z_]+)+ ", line)]
     lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
     assert len(keys) > 30 and all(len(lines[k].split(None, 2)) == 3 for k in keys), "a key without its meaning"
-    slurm = cli(["hydra/launcher=slurm", "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    slurm = run_cli(["hydra/launcher=slurm", "--help"], cwd=tmp_path, timeout=120)
     assert re.search(r"^  hydra\.launcher\.timeout_min +60 +the job's time limit, in minutes", slurm.stdout, re.M)
 
 
@@ -211,7 +206,7 @@ def test_a_data_error_leaves_no_run_folder(tiny_mnist, tmp_path, make_cfg, monke
     assert not (tmp_path / "run").exists()
     # the command line, where Hydra makes the folder first: removed again, the error in one line
     overrides = [o for o in tiny_overrides(data, tmp_path) if not o.startswith("output_dir=")]
-    result = cli([*overrides, f"hydra.run.dir={tmp_path / 'cli_run'}"], cwd=tmp_path, capture_output=True,
+    result = run_cli([*overrides, f"hydra.run.dir={tmp_path / 'cli_run'}"], cwd=tmp_path, capture_output=True,
                  text=True, timeout=120)
     assert result.returncode == 1
     assert "lacks t10k-labels-idx1-ubyte" in result.stderr and "Traceback" not in result.stderr
@@ -227,10 +222,10 @@ def error_table_cases(tiny_mnist: Path, make_cfg, monkeypatch) -> dict[str, call
     import torch
     import torchvision.datasets.utils as tv_utils
 
+    from mnist_lab.cmdline import check_sweep
     from mnist_lab.config import check_keys, check_launch, validate
     from mnist_lab.module import load_checkpoint as load
     from mnist_lab.predict import output_folder
-    from mnist_lab.train import check_sweep
 
     data, raw = Path("mnist"), Path("mnist/MNIST/raw")
     shutil.copytree(tiny_mnist, data)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mnist_lab.config import compose
 from mnist_lab.errors import ConfigError
 from mnist_lab.export import export
 from mnist_lab.idx import read_idx
@@ -129,12 +130,7 @@ def glyph_run(tmp_path_factory):
     """An MLP trained on drawn digits, exported to ONNX and .pt2."""
     data = make_glyph_mnist(tmp_path_factory.mktemp("glyphs"))
     out = tmp_path_factory.mktemp("glyph_run")
-    from hydra import compose, initialize_config_dir
-
-    from mnist_lab.train import CONF_DIR
-
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        train(compose(config_name="config", overrides=tiny_overrides(data, out) + ["data.val_size=200"]))
+    train(compose(tiny_overrides(data, out) + ["data.val_size=200"]))
     export(out, formats=["onnx", "pt2"], check=False)
     return out, data
 

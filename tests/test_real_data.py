@@ -7,6 +7,7 @@ import csv
 import numpy as np
 import pytest
 
+from mnist_lab.config import compose
 from mnist_lab.data import MNISTDataModule, check_raw_files
 from mnist_lab.train import train
 
@@ -16,9 +17,6 @@ pytestmark = pytest.mark.real_data
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory):
     """An MLP trained one epoch on the real MNIST: its run folder and test metrics."""
-    from hydra import compose, initialize_config_dir
-
-    from mnist_lab.train import CONF_DIR
     from tests.conftest import REAL_MNIST
 
     if not (REAL_MNIST / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
@@ -26,8 +24,7 @@ def one_epoch(tmp_path_factory):
     out = tmp_path_factory.mktemp("real_run")
     overrides = [f"data.data_dir={REAL_MNIST}", f"output_dir={out}", "trainer.max_epochs=1",
                  "trainer.enable_progress_bar=false", "threads=2"]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        metrics = train(compose(config_name="config", overrides=overrides))
+    metrics = train(compose(overrides))
     return out, metrics
 
 

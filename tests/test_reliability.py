@@ -12,17 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnist_lab.config import compose
 from mnist_lab.errors import CheckpointError, ConfigError, Interrupted, TrainingError
 from mnist_lab.module import LitClassifier, load_checkpoint
 from mnist_lab.train import train
-from tests.conftest import REPO, tiny_overrides
-
-
-def run_cli(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "mnist_lab.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
+from tests.conftest import REPO, run_cli, tiny_overrides
 
 # 2. Config: rejected before any data is read or output written --------------------------------
 
@@ -56,7 +50,7 @@ def test_val_size_checked_against_real_size_without_loading(tmp_path, make_cfg):
     ("model=resnet", "model=resnet: no such option; choose one of convnet, mlp"),
 ])
 def test_cli_typos_get_one_line_with_suggestion(tmp_path, override, expected):
-    result = run_cli([override], cwd=tmp_path)
+    result = run_cli([override], cwd=tmp_path, quiet=True)
     assert result.returncode == 1
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
@@ -64,7 +58,7 @@ def test_cli_typos_get_one_line_with_suggestion(tmp_path, override, expected):
 
 def test_cli_bad_value_leaves_no_run_folder(tiny_mnist, tmp_path):
     result = run_cli([f"data.data_dir={tiny_mnist}", "optimizer.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"],
-                     cwd=tmp_path)
+                     cwd=tmp_path, quiet=True)
     assert result.returncode == 1
     assert "optimizer.lr=-1.0 is invalid: the learning rate must be > 0" in result.stderr
     assert "Traceback" not in result.stderr
@@ -138,13 +132,9 @@ def test_resume_of_a_folder_without_checkpoint(tmp_path, make_cfg, tiny_mnist):
 
 @pytest.fixture(scope="module")
 def trained(tiny_mnist, tmp_path_factory):
-    from hydra import compose, initialize_config_dir
-
-    from mnist_lab.config import CONF_DIR
 
     out = tmp_path_factory.mktemp("trained")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=tiny_overrides(tiny_mnist, out) + ["trainer.max_epochs=1"])
+    cfg = compose(tiny_overrides(tiny_mnist, out) + ["trainer.max_epochs=1"])
     train(cfg)
     return out / "checkpoints" / "best.ckpt"
 
@@ -225,7 +215,7 @@ def test_sweep_with_a_failing_job_finishes_the_others(tiny_mnist, tmp_path):
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "optimizer.lr=-1,1e-3", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
-                      *overrides], cwd=tmp_path, timeout=300)
+                      *overrides], cwd=tmp_path, timeout=300, quiet=True)
     assert result.returncode == 1
     log = result.stdout + result.stderr
     assert "job 0 (optimizer.lr=-1" in log and "optimizer.lr=-1.0 is invalid" in log
@@ -252,7 +242,7 @@ def test_runs_started_together_get_their_own_folders(tiny_mnist, tmp_path):
 def test_ddp_relaunch_under_multirun_is_refused(tiny_mnist, tmp_path):
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
     result = run_cli(["-m", "trainer=ddp_cpu", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *overrides],
-                     cwd=tmp_path, timeout=300)
+                     cwd=tmp_path, timeout=300, quiet=True)
     assert result.returncode == 1
     assert "trainer.strategy=ddp under --multirun would re-run the whole sweep in every rank" in result.stderr
     assert not (tmp_path / "sweep").exists()  # refused before the sweep folder is made

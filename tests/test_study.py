@@ -19,19 +19,17 @@ from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lab import compare, study
-from mnist_lab.config import check_keys
+from mnist_lab.config import check_keys, compose
 from mnist_lab.errors import ConfigError, ObjectiveError
 from mnist_lab.runs import RunDir
 from mnist_lab.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import run_cli, tiny_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mnist_lab.train", "-m", "hydra/sweeper=optuna", *args], cwd=cwd,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"}, capture_output=True, text=True,
-                          timeout=timeout, **kwargs)
+def run_study(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return run_cli(["-m", "hydra/sweeper=optuna", *args], cwd=cwd, timeout=600, quiet=True)
 
 
 def sweep_overrides(data: Path, out: Path) -> list[str]:
@@ -83,15 +81,11 @@ def test_command_line_check_takes_the_sweepers_grammar():
 
 
 def test_hydra_finds_the_sweeper():
-    from hydra import compose, initialize_config_dir
     from hydra.core.plugins import Plugins
     from hydra.plugins.sweeper import Sweeper
 
-    from mnist_lab.config import CONF_DIR
-
     assert "OptunaSweeper" in {c.__name__ for c in Plugins.instance().discover(Sweeper)}
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["hydra/sweeper=optuna"], return_hydra_config=True)
+    cfg = compose(["hydra/sweeper=optuna"], hydra=True)
     assert cfg.hydra.sweeper._target_ == "hydra_plugins.mnist_lab_optuna.optuna_sweeper.OptunaSweeper"
     assert (cfg.hydra.sweeper.metric, cfg.hydra.sweeper.direction) == ("val/acc", "maximize")
 
@@ -160,7 +154,7 @@ def stopped_and_continued(tiny_mnist, tmp_path_factory):
         first.kill()
     before = {p.name: {f.name: f.stat().st_mtime_ns for f in p.iterdir() if f.is_file()}
               for p in sweep.iterdir() if p.is_dir()}
-    second = run_cli(args, cwd=root)
+    second = run_study(args, cwd=root)
     return sweep, first.returncode, err, [t.number for t in done], before, second
 
 
@@ -236,7 +230,7 @@ def test_best_yaml_plots_tensorboard_and_compare(stopped_and_continued, capsys):
 ])
 def test_errors_before_any_trial(tiny_mnist, tmp_path, args, message):
     (tmp_path / "not_a_study.txt").write_text("a list of things\n")
-    result = run_cli([f"hydra.sweep.dir={tmp_path / 'sweep'}", *sweep_overrides(tiny_mnist, tmp_path), *args],
+    result = run_study([f"hydra.sweep.dir={tmp_path / 'sweep'}", *sweep_overrides(tiny_mnist, tmp_path), *args],
                      cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[0].endswith(message), result.stderr[-2000:]
@@ -248,7 +242,7 @@ def test_errors_before_any_trial(tiny_mnist, tmp_path, args, message):
 def test_a_folder_holding_another_study_is_refused(stopped_and_continued, tiny_mnist, tmp_path):
     sweep = stopped_and_continued[0]
     trials = len(load(sweep / study.JOURNAL).trials)
-    result = run_cli([f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=6", "optimizer.lr=choice(1e-3,1e-1)",
+    result = run_study([f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=6", "optimizer.lr=choice(1e-3,1e-1)",
                       *sweep_overrides(tiny_mnist, tmp_path)], cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.splitlines()[0] == (

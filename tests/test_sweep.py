@@ -16,7 +16,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata
 
-from mnist_lab import compare, sweeps
+from mnist_lab import compare, runs, sweeps
 from mnist_lab.figures import FIGURES
 from tests.conftest import tiny_overrides
 
@@ -40,14 +40,14 @@ def sweep(tiny_mnist, tmp_path_factory):
 
 
 def test_runs_named_by_variant(sweep):
-    names = sorted(p.name for p in compare.find_runs(sweep))
+    names = sorted(p.name for p in runs.find_runs(sweep))
     assert len(names) == 4
     assert names[0].startswith("0_mlp_") and "seed:0" in names[0] and "model" not in names[0]
     assert {n.split("_")[1] for n in names} == {"mlp", "convnet"}
 
 
 def test_event_files_hold_scalars_hparams_and_images(sweep):
-    for run in compare.find_runs(sweep):
+    for run in runs.find_runs(sweep):
         events = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0})
         events.Reload()
         tags = events.Tags()
@@ -95,7 +95,7 @@ def test_compare_on_an_empty_folder(tmp_path, capsys):
 
 def table_without_times(sweep_dir: Path) -> str:
     """compare's table, less its seconds-per-epoch column (wall time differs from run to run)."""
-    lines = compare.table([compare.read_run(p) for p in compare.find_runs(sweep_dir)]).splitlines()
+    lines = compare.table([compare.read_run(p) for p in runs.find_runs(sweep_dir)]).splitlines()
     return "\n".join(line.rsplit("|", 2)[0] if line.startswith("|") else line for line in lines)
 
 
@@ -128,9 +128,9 @@ def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path)
     assert again.stdout.count("test: ") == 2  # trained: jobs 2 and 3, nothing else
     assert f"resumed sweep: resuming from {job2 / 'checkpoints' / 'last.ckpt'}" in again.stdout
     assert {f: f.stat().st_mtime_ns for f in kept} == kept  # the finished jobs' files untouched
-    for run in compare.find_runs(killed):  # a figure the killed sweep's worker had not drawn is drawn now
+    for run in runs.find_runs(killed):  # a figure the killed sweep's worker had not drawn is drawn now
         assert all((run / f"{name}.png").is_file() for name in FIGURES), run
-    assert sorted(p.name for p in compare.find_runs(killed)) == sorted(p.name for p in compare.find_runs(sweep))
+    assert sorted(p.name for p in runs.find_runs(killed)) == sorted(p.name for p in runs.find_runs(sweep))
     assert table_without_times(killed) == table_without_times(sweep)
 
 
@@ -140,7 +140,7 @@ def test_resume_with_the_sweep_folder_alone(tmp_path):
     record = {"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN", "hydra/launcher=slurm", "hydra.sweep.dir=x"],
                                       "task": ["model=mlp,convnet", "seed=0,1", "threads=1"]}}}
     (sweep_dir / "multirun.yaml").write_text(yaml.safe_dump(record))
-    assert sweeps.is_sweep(sweep_dir)
+    assert runs.is_sweep(sweep_dir)
     argv = sweeps.resume_argv(sweep_dir, [], [f"resume={sweep_dir}", "threads=2", "hydra.launcher.partition=a"])
     assert argv == ["-m", "hydra/launcher=slurm", "model=mlp,convnet", "seed=0,1", "threads=2",
                     "hydra.launcher.partition=a", f"hydra.sweep.dir={sweep_dir}"]

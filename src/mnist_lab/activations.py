@@ -15,7 +15,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from mnist_lab.config import CONF_DIR
+from mnist_lab.config import CONF_DIR, VERSION_BASE
 from mnist_lab.errors import CheckpointError
 from mnist_lab.runs import RunDir, resolve_checkpoint
 
@@ -40,7 +40,7 @@ def feature_maps(net: torch.nn.Module, image: torch.Tensor) -> list[tuple[str, t
 def activations(checkpoint: str, index: int = 0, data_dir: str | None = None) -> Path:
     """Draw the feature maps of test image `index` into the run's activations_<index>.png and its loggers;
     returns the PNG's path."""
-    from mnist_lab import plots
+    from mnist_lab import drawing
     from mnist_lab.data import load_split, to_float
     from mnist_lab.loggers import log_to_run
     from mnist_lab.module import load_net
@@ -60,14 +60,14 @@ def activations(checkpoint: str, index: int = 0, data_dir: str | None = None) ->
     x = to_float(images[index: index + 1], data.get("normalize", True))
     maps = feature_maps(net, x)
     pred = int(net(x.reshape(1, 1, 28, 28)).argmax())
-    fig = plots.feature_maps(images[index].numpy(), [(n, m.numpy()) for n, m in maps],
+    fig = drawing.feature_maps(images[index].numpy(), [(n, m.numpy()) for n, m in maps],
                              label=f"test {index}: label {int(labels[index])}, predicted {pred}")
     run = RunDir.holding(ckpt_path)
     log_to_run(run, config, {f"activations/test_{index}": fig}, step=int(ckpt.get("global_step", 0)))
-    return plots.save(fig, run.figure(f"activations_{index}"))
+    return drawing.save(fig, run.figure(f"activations_{index}"))
 
 
-@hydra.main(config_path=CONF_DIR, config_name="activations", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="activations", version_base=VERSION_BASE)
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(1)
     print(f"feature maps: {activations(cfg.checkpoint, cfg.index, cfg.data_dir)}")

@@ -31,9 +31,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
+from torch.utils.tensorboard import SummaryWriter
 
-from mnist_lab import runs
+from mnist_lab import drawing, runs
+from mnist_lab.config import chosen_loggers, override_key
+from mnist_lab.loggers import read_scalars
+from mnist_lab.models import build_model
 
 RESAMPLES = 10_000  # bootstrap resamples
 LEVEL = 0.95  # confidence level of the intervals
@@ -52,23 +57,13 @@ class Run:
     epoch_s: float | None
 
 
-def find_runs(sweep: Path) -> list[Path]:
-    """The run folders under `sweep`: those holding a config.yaml."""
-    return sorted(p.parent for p in sweep.rglob(runs.CONFIG) if ".hydra" not in p.relative_to(sweep).parts)
-
-
 def read_run(path: Path) -> Run:
-    from mnist_lab.loggers import chosen, read_scalars
-
     run = runs.RunDir(path)
     config = yaml.safe_load(run.config.read_text()) or {}
     model = config.get("model", {}).get("name", "?")
-    hydra_dir = path / ".hydra"
-    overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) if (hydra_dir / "overrides.yaml").is_file() \
-        else []
-    ignored = {"seed", "model", *left_out_of_names(hydra_dir / "hydra.yaml")}
-    rest = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in ignored]
-    scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", "time/epoch_s"), chosen(config))
+    ignored = {"seed", "model", *left_out_of_names(run.hydra_record)}
+    rest = [o for o in run.saved_overrides() if override_key(o) not in ignored]
+    scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", "time/epoch_s"), chosen_loggers(config))
     test, epoch_s = scalars.get("test/acc"), scalars.get("time/epoch_s")
     return Run(path, " ".join([model, *rest]), config.get("seed"), count_params(config.get("model", {})),
                scalars.get("val/acc", []), scalars.get("train/acc", []), test[-1] if test else None,
@@ -88,8 +83,6 @@ def count_params(model: dict) -> int:
     """The parameter count of the net that a run's model config builds (0 without one)."""
     if not model:
         return 0
-    from mnist_lab.models import build_model
-
     return sum(p.numel() for p in build_model(**model).parameters())
 
 
@@ -106,8 +99,6 @@ def bootstrap_ci(xs: list[float], level: float = LEVEL, resamples: int = RESAMPL
                  seed: int = 0) -> tuple[float, float] | None:
     """The percentile-bootstrap interval of the mean of `xs` (None below 2 values): resample `xs` with
     replacement `resamples` times, take the middle `level` of the resampled means."""
-    import numpy as np
-
     if len(xs) < 2:
         return None
     values = np.asarray(xs, dtype=np.float64)
@@ -229,20 +220,15 @@ def write_csv(found: list[Run], path: Path) -> Path:
 def plot_curves(found: list[Run], path: Path) -> str:
     """curves.png: every run's validation accuracy per epoch, one colour a variant; the training accuracy
     where no run validated (data.val_size=0). Returns what was drawn."""
-    from mnist_lab import plots
-
     stage = "validation" if any(r.val_acc for r in found) else "training"
     curves = [(r.variant, r.val_acc if stage == "validation" else r.train_acc) for r in found]
-    plots.save(plots.accuracy_curves(curves, stage), path)
+    drawing.save(drawing.accuracy_curves(curves, stage), path)
     return f"{stage} accuracy per epoch" + ("" if stage == "validation" else " (the runs hold no validation)")
 
 
 def write_tensorboard(found: list[Run], folder: Path) -> list[Path]:
     """Per variant, a TensorBoard run in folder/<variant>/ with the mean and mean ± std over its seeds of the
     validation (or training) accuracy per epoch, and a Custom Scalars layout drawing them as a band."""
-    import numpy as np
-    from torch.utils.tensorboard import SummaryWriter
-
     written = []
     stage = "val" if any(r.val_acc for r in found) else "train"
     for name, rs in by_variant(found).items():
@@ -272,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensorboard", action="store_true",
                         help=f"also write mean ± std curves per variant as TensorBoard runs in SWEEP/{TB_FOLDER}/")
     args = parser.parse_args(argv)
-    paths = find_runs(args.sweep)
+    paths = runs.find_runs(args.sweep)
     if not paths:
         print(f"no runs under {args.sweep} (no folder with a {runs.CONFIG}): give a folder written by "
               "python -m mnist_lab.train -m", file=sys.stderr)

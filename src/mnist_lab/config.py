@@ -6,17 +6,32 @@ The yaml in conf/ selects and fills these; `python -m mnist_lab.train --cfg job`
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import importlib.util
 import os
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep
+from hydra.errors import HydraException
+from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from mnist_lab.errors import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # conf/ beside src/: config groups, commands
+VERSION_BASE = "1.3"  # Hydra's defaults as of 1.3 (no chdir into the run folder): every @hydra.main and compose
+SLURM_NEEDS_ACCELERATOR = ("hydra/launcher=slurm cannot tell from trainer=auto whether to ask Slurm for GPUs: "
+                           "use trainer=gpu (or ddp) for GPU jobs, trainer=cpu for CPU jobs")
 
 
 @dataclass
@@ -169,20 +184,67 @@ def validate(cfg: Any) -> None:
                           "(or choose logger=tensorboard or logger=csv)")
 
 
-# What resume= may change: where the data is and how the run shows itself, never what it computes.
-RESUME_MAY_SET = ("threads", "trainer.enable_progress_bar", "data.data_dir")
+# Keys that say where a run reads and writes or how it shows itself, never what it computes: the one list.
+# (key, resume= may give it, left out of run folder names); TensorBoard's HPARAMS leaves each one out.
+RUN_INVARIANT = (
+    ("data.data_dir", True, True),
+    ("threads", True, True),
+    ("trainer.enable_progress_bar", True, True),
+    ("resume", True, False),
+    ("output_dir", False, True),
+    ("logger", False, True),
+    ("export", False, False),
+    ("data.download", False, False),
+    ("data.verify_checksums", False, False),
+)
+# What a call continuing a run (resume=, a resumed sweep) may give besides the run's own config.
+RESUME_MAY_SET = tuple(key for key, resume, _ in RUN_INVARIANT if resume)
+# Left out of a sweep's run folder names (conf/config.yaml's exclude_keys): the model leads the name instead.
+NOT_IN_NAMES = ("model", *(key for key, _, unnamed in RUN_INVARIANT if unnamed))
+NOT_HPARAMS = tuple(key for key, _, _ in RUN_INVARIANT)
+
+
+def among(key: str, keys: tuple[str, ...]) -> bool:
+    """Whether the dotted `key` is one of `keys` or lies inside one (logger.mlflow.tracking_uri in logger)."""
+    return any(key == k or key.startswith(k + ".") for k in keys)
+
+
+def override_key(override: str) -> str:
+    """The key a command-line override sets: seed=1 -> seed, +trainer.x=1 -> trainer.x, ~logger -> logger."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}, with values every logger can show (others as text; None kept)."""
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v if v is None or isinstance(v, int | float | str | bool) else str(v)
+    return out
+
+
+def chosen_loggers(config: Mapping | None) -> Mapping:
+    """A run config's logger section; a config saved before there was a choice used TensorBoard."""
+    section = (config or {}).get("logger")
+    return {"tensorboard": {}} if section is None else section
+
+
+def compose(overrides: list[str] = (), config_name: str = "config", hydra: bool = False) -> Any:
+    """The config that Hydra composes from conf/ for `overrides`, outside a Hydra app (checks, scripts, tests);
+    hydra=True includes the hydra section (launcher, sweeper)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base=VERSION_BASE):
+        return hydra_compose(config_name=config_name, overrides=list(overrides), return_hydra_config=hydra)
 
 
 def check_launch(cfg: Any, hydra_cfg: Any = None) -> None:
     """Checks that need Hydra's view of the launch (run inside @hydra.main, or given `hydra_cfg`): resume= takes
     no other overrides, and Lightning's `ddp` re-launch is refused under --multirun."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     hydra_cfg = hydra_cfg if hydra_cfg is not None else HydraConfig.get()
     if cfg.get("resume"):  # the saved config is used: other overrides would silently not apply
-        allowed = ("resume", *RESUME_MAY_SET)
-        extra = [o for o in hydra_cfg.overrides.task if o.split("=", 1)[0].lstrip("+~") not in allowed]
+        extra = [o for o in hydra_cfg.overrides.task if override_key(o) not in RESUME_MAY_SET]
         if extra:
             raise ConfigError(f"resume= continues a run with its saved config; drop {' '.join(extra)} "
                               "(or start a new run with them)")
@@ -202,12 +264,10 @@ def check_ddp_relaunch(cfg: Any, multirun: bool, launcher: str) -> None:
 def check_keys(overrides: list[str]) -> None:
     """Raise ConfigError for a command-line key that is neither a config field nor a config group, or a
     group choice that has no yaml; the message suggests the closest key."""
-    import difflib
-
     fields = set(flat_keys(Config))
     groups = {p.name for p in Path(CONF_DIR).iterdir() if p.is_dir()}
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         if key in groups and "=" in override:
             choices = options(key)
             for value in group_options(override):
@@ -224,10 +284,6 @@ def group_options(override: str) -> list[str]:
     """The options a config-group override names: model=convnet, logger=[tensorboard,csv], and sweeps:
     model=mlp,convnet or model=choice(mlp,convnet) (the Optuna sweeper's grammar); none for glob() and what
     does not parse (Hydra then says why)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep
-    from hydra.errors import HydraException
-
     try:
         parsed = OverridesParser.create().parse_override(override)
     except HydraException:
@@ -240,9 +296,6 @@ def group_options(override: str) -> list[str]:
 
 def flat_keys(schema: type, prefix: str = "") -> list[str]:
     """All dotted keys of a config dataclass: data, data.batch_size, ..."""
-    import dataclasses
-    import typing
-
     keys = []
     for name, hint in typing.get_type_hints(schema).items():
         keys.append(prefix + name)
@@ -253,119 +306,19 @@ def flat_keys(schema: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def field_comments(source: str) -> dict[tuple[str, str], str]:
-    """{(class name, field name): its trailing comment} of the dataclasses in `source` (this file's)."""
-    import ast
-    import io
-    import tokenize
-
-    comments = {tok.start[0]: tok.string.lstrip("# ").strip()
-                for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
-    found = {}
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.ClassDef):
-            for item in node.body:
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name) and item.lineno in comments:
-                    found[node.name, item.target.id] = comments[item.lineno]
-    return found
-
-
-def yaml_comments(path: Path) -> dict[str, str]:
-    """{key: its trailing comment, or ""} of a yaml file's top-level keys (the defaults list and _target_ aside)."""
-    import re
-
-    found = {}
-    for line in path.read_text().splitlines():
-        m = re.match(r"^(\w+):[^#]*(?:#\s*(.*))?$", line)
-        if m and m[1] != "defaults" and not m[1].startswith("_"):
-            found[m[1]] = (m[2] or "").strip()
-    return found
-
-
-def shown_value(value: Any) -> str:
-    """A config value as one would write it on the command line."""
-    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-
-
-def help_text(*, _root_: Any) -> str:
-    """`python -m mnist_lab.train --help` (conf/hydra/help/mnist_lab.yaml): the config groups with their choices,
-    Hydra's launcher and sweeper included, and every key with its value in this composition (the default,
-    unless the command line set it) and its meaning, from this schema's own comments."""
-    import dataclasses
-    import typing
-
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    loader = GlobalHydra.instance().config_loader()
-    choices = OmegaConf.to_container(_root_.hydra.runtime.choices, resolve=False)
-    groups = [g for g in loader.list_groups("") if g != "hydra"]
-    groups += [f"hydra/{g}" for g in ("launcher", "sweeper") if g in loader.list_groups("hydra")]
-    lines = ["python -m mnist_lab.train [-m] [group=choice ...] [key=value ...]",
-             "Train on MNIST, then test the best checkpoint; -m runs a sweep (seed=0,1,2). README: examples.",
-             "", "Groups (group=choice; * marks the one in use):"]
-    for group in groups:
-        options = sorted(loader.get_group_options(group))
-        used = choices.get(group)
-        shown = [f"{o}*" if o == used or (isinstance(used, str) and o in used.strip("[]").split(",")) else o
-                 for o in options]
-        note = "" if used else "  (none in use)"
-        lines.append(f"  {group:<16}{', '.join(shown)}{note}")
-    lines.append("  several loggers at once: logger=[tensorboard,csv]")
-
-    source = Path(__file__).read_text()
-    comments = field_comments(source)
-    values = OmegaConf.to_container(_root_, resolve=False)
-    rows: list[tuple[str, str, str]] = []
-
-    def walk(schema: type, node: Any, prefix: str) -> None:
-        for f in dataclasses.fields(schema):
-            hint = typing.get_type_hints(schema)[f.name]
-            nested = next((k for k in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(k)), None)
-            value = node.get(f.name) if isinstance(node, dict) else None
-            if nested is not None:
-                walk(nested, value, f"{prefix}{f.name}.")
-                continue
-            if not isinstance(node, dict):  # a section that is off (logger.mlflow without logger=mlflow)
-                value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append((prefix + f.name, shown_value(value), comments.get((schema.__name__, f.name), "")))
-
-    walk(Config, values, "")
-    for group in ("launcher", "sweeper"):
-        used = choices.get(f"hydra/{group}")
-        path = Path(CONF_DIR) / "hydra" / group / f"{used}.yaml"
-        if used and path.is_file():
-            section = values["hydra"][group]
-            rows += [(f"hydra.{group}.{k}", shown_value(section.get(k)), c) for k, c in yaml_comments(path).items()]
-    width = max(len(key) for key, _, _ in rows) + 2
-    lines += ["", "Keys (key=value; the value in this composition, then what it means):"]
-    for key, value, meaning in rows:
-        lines.append(f"  {key:<{width}}{value:<12} {meaning}".rstrip())
-    if choices.get("hydra/launcher") != "slurm":
-        lines += ["", "hydra/launcher=slurm --help lists the Slurm launcher's keys too."]
-    return "\n".join(lines).replace("$", "$$")  # Hydra fills the template with string.Template
-
-
 def gpus_per_node(accelerator: str, devices: Any) -> Any:
     """For hydra/launcher=slurm: GPUs to ask Slurm for, from the trainer config (None on CPU).
 
     With accelerator=auto the submitting machine cannot tell what the job's node will have."""
     if accelerator == "auto":
-        from mnist_lab.errors import ConfigError
-
-        raise ConfigError("hydra/launcher=slurm cannot tell from trainer=auto whether to ask Slurm for GPUs: "
-                          "use trainer=gpu (or ddp) for GPU jobs, trainer=cpu for CPU jobs")
+        raise ConfigError(SLURM_NEEDS_ACCELERATOR)
     return devices if accelerator in ("gpu", "cuda") else None
 
 
 def register() -> None:
-    from omegaconf import OmegaConf
-
     ConfigStore.instance().store(name="base_config", node=Config)
     if not OmegaConf.has_resolver("gpus_per_node"):
         OmegaConf.register_new_resolver("gpus_per_node", gpus_per_node)
-    if not OmegaConf.has_resolver("mnist_lab_help"):
-        OmegaConf.register_new_resolver("mnist_lab_help", help_text)
 
 
 register()

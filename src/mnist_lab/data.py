@@ -162,7 +162,7 @@ class MNISTDataModule(L.LightningDataModule):
     input_shape comes from the model ((784,) for the MLP, (1, 28, 28) for the convnet).
     val_size images of the 60,000 are held out, chosen by the run's seed; val_size=0 trains on all.
     The tensors move once to the trainer's device, where every batch is sliced.
-    steps: None for one batch per training_step; K, or "auto", for chunks of K batches (fastpath.py).
+    steps: None for one batch per training_step; K for chunks of K batches (the run's fastpath.FastPlan).
     """
 
     def __init__(
@@ -176,7 +176,7 @@ class MNISTDataModule(L.LightningDataModule):
         input_shape: tuple[int, ...] = (784,),
         seed: int = 0,
         eval_batch_size: int = 1000,
-        steps: int | str | None = None,
+        steps: int | None = None,
         train_limit: int | None = None,
     ):
         super().__init__()
@@ -209,15 +209,6 @@ class MNISTDataModule(L.LightningDataModule):
         self.val_x, self.val_y = x[val], y[val]
         self.test_x, self.test_y = self._shape(test_images.to(device)), test_labels.to(device)
 
-    def steps_per_item(self) -> int | None:
-        """K batches per training item (None: one batch); "auto": fastpath.auto_steps for the device."""
-        if self.steps != "auto":
-            return self.steps
-        from mnist_lab.fastpath import auto_steps
-
-        device = self.train_x.device if self.train_x is not None else torch.device("cpu")
-        return auto_steps(device.type, len(self.train_y) // self._world_size() // self.batch_size)
-
     def _world_size(self) -> int:
         return self.trainer.world_size if self.trainer is not None else 1
 
@@ -235,7 +226,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorBatches:
         batches = self._loader(self.train_x, self.train_y, True, self.batch_size,
-                               steps=self.steps_per_item(), limit=self.train_limit)
+                               steps=self.steps, limit=self.train_limit)
         if self.trainer is not None:
             progress = self.trainer.fit_loop.epoch_loop.batch_progress
             batches.items_done = lambda: progress.current.processed  # training steps run this epoch

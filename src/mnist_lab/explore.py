@@ -17,7 +17,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from mnist_lab.config import CONF_DIR
+from mnist_lab.config import CONF_DIR, VERSION_BASE
 from mnist_lab.runs import write_text
 
 BIBTEX = """@article{lecun1998gradient,
@@ -71,28 +71,28 @@ def report(stats: dict[str, dict]) -> str:
 
 def sample_grid(images: np.ndarray, labels: np.ndarray, n: int = 40, seed: int = 0):
     """A figure of `n` random digits (picked with `seed`), each titled with its label."""
-    from mnist_lab import plots
+    from mnist_lab import drawing
 
     pick = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
-    return plots.digit_grid(images[pick], [f"label {labels[i]}" for i in pick],
+    return drawing.digit_grid(images[pick], [f"label {labels[i]}" for i in pick],
                             title=f"{len(pick)} random training digits (28x28 uint8, 0 = black, 255 = white)")
 
 
 def explore(data_dir: str, out: str | Path, verify_checksums: bool = True, n: int = 40, seed: int = 0) -> dict:
     """describe() the data and write samples.png and citation.bib into `out`; returns {"stats": describe()'s
     dict, "png": samples.png, "bib": citation.bib}."""
-    from mnist_lab import plots
+    from mnist_lab import drawing
 
     stats = describe(data_dir, verify_checksums)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     train = stats["train"]
-    png = plots.save(sample_grid(train["images"], train["labels"], n, seed), out / "samples.png")
+    png = drawing.save(sample_grid(train["images"], train["labels"], n, seed), out / "samples.png")
     bib = write_text(out / "citation.bib", BIBTEX + "\n")
     return {"stats": stats, "png": png, "bib": bib}
 
 
-@hydra.main(config_path=CONF_DIR, config_name="explore", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="explore", version_base=VERSION_BASE)
 def main(cfg: DictConfig) -> None:
     result = explore(cfg.data.data_dir, cfg.out, cfg.data.verify_checksums, cfg.samples, cfg.seed)
     print(report(result["stats"]))

@@ -35,7 +35,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mnist_lab.config import CONF_DIR
+from mnist_lab.config import CONF_DIR, VERSION_BASE
 from mnist_lab.data import MEAN, STD
 from mnist_lab.errors import ExportCheckError
 from mnist_lab.models import build_model, summary
@@ -238,7 +238,7 @@ def model_card(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, results
     }
 
 
-@hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="export", version_base=VERSION_BASE)
 def main(cfg: DictConfig) -> None:
     torch.set_num_threads(cfg.threads)
     files = export(cfg.checkpoint, formats=list(cfg.formats), check=cfg.check, data_dir=cfg.data_dir)

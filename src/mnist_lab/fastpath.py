@@ -14,6 +14,7 @@ shape once MAX_GRAPHS are kept) runs eagerly, through the same code.
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -166,17 +167,44 @@ def auto_steps(device_type: str, full_batches: int) -> int:
     return -(-max(1, full_batches) // chunks)
 
 
-def plan(cfg) -> tuple[dict | None, str]:
-    """The fast path's settings for a run's config, or None and the reason the plain path runs."""
+@dataclass(frozen=True)
+class FastPlan:
+    """How a run takes its optimizer steps, decided once (plan(), where the run is assembled) and handed to
+    the data module (chunks of `steps` batches), LitClassifier (ChunkRunner's settings), the device line
+    and the progress bar."""
+
+    steps: int | None = None  # K batches per training_step; None: the plain path, one batch per training_step
+    cuda_graph: bool = False  # replay full batches as CUDA graphs (a run on a CUDA device)
+    compile: bool = False  # torch.compile the forward and the optimizer step
+    clip_norm: float | None = None  # trainer.gradient_clip_val, applied inside the steps
+    plain_because: str = ""  # why the plain path runs, where it does
+
+    @property
+    def fast(self) -> bool:
+        return self.steps is not None
+
+    def describe(self) -> str:
+        """The second half of the run's device line."""
+        if not self.fast:
+            return f"plain path, one step per training_step ({self.plain_because})"
+        how = ", CUDA graphs" if self.cuda_graph else ""
+        how += ", compiled" if self.compile else ""
+        return f"fast path: {self.steps} steps per training_step{how}"
+
+
+def plan(cfg, device_type: str, full_batches: int) -> FastPlan:
+    """The fast path's settings for a run's config on a device of `device_type` ("cuda", "cpu", ...) with
+    `full_batches` full training batches an epoch, or the plain path and why."""
     trainer = cfg.trainer
     if not cfg.fast.enabled:
-        return None, "fast.enabled=false"
+        return FastPlan(plain_because="fast.enabled=false")
     if str(trainer.precision) in ("16-mixed", "16"):
-        return None, ("16-mixed needs a gradient scaler, which the fast path does not capture; "
-                      "trainer.precision=bf16-mixed keeps it")
+        return FastPlan(plain_because="16-mixed needs a gradient scaler, which the fast path does not capture; "
+                                      "trainer.precision=bf16-mixed keeps it")
     devices = trainer.devices
     one_device = str(devices) == "1" or (not isinstance(devices, int | str) and len(devices) == 1)
     if trainer.num_nodes > 1 or "ddp" in str(trainer.strategy) or not one_device:
-        return None, "several processes (DDP): each step goes through Lightning's DDP"
-    return {"cuda_graph": bool(cfg.fast.cuda_graph), "compile": bool(cfg.fast.compile),
-            "clip_norm": trainer.gradient_clip_val}, ""
+        return FastPlan(plain_because="several processes (DDP): each step goes through Lightning's DDP")
+    return FastPlan(steps=cfg.fast.steps or auto_steps(device_type, full_batches),
+                    cuda_graph=bool(cfg.fast.cuda_graph) and device_type == "cuda", compile=bool(cfg.fast.compile),
+                    clip_norm=trainer.gradient_clip_val)

@@ -3,7 +3,7 @@
     history.png, confusion_matrix.png, per_class.png, mistakes.png   in the run folder
     test/predictions, test/confusion_matrix                          images in the run's loggers
 
-callbacks.RunFigures gathers what the test set gave (numpy arrays, a few hundred KB) and calls
+reporting.RunFigures gathers what the test set gave (numpy arrays, a few hundred KB) and calls
 `draw`. A run on its own draws at once. The jobs of a sweep that Hydra's basic launcher runs one after
 another in one process hand the drawing to worker processes instead (spawned once per sweep, a
 quarter of the cores, at least one): the next job trains meanwhile, and the sweep's process waits for
@@ -14,13 +14,20 @@ and checkpoints are not touched by it.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
+import sys
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from hydra.core.hydra_config import HydraConfig
+
+from mnist_lab.config import chosen_loggers
+from mnist_lab.runs import RunDir, atomic_path, find_runs, in_sweep
 
 HISTORY_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
 FIGURES = ("history", "confusion_matrix", "per_class", "mistakes")  # the PNGs draw_now writes into the run folder
@@ -35,8 +42,6 @@ def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
         draw_now(payload)
         return None
     if _pool is None:
-        import multiprocessing
-
         workers = max(1, len(os.sched_getaffinity(0)) // 4) if hasattr(os, "sched_getaffinity") else 1
         _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     future = _pool.submit(draw_now, payload)
@@ -51,9 +56,8 @@ def draw_now(payload: dict[str, Any]) -> None:
     import torch
     from torchmetrics.classification import MulticlassConfusionMatrix
 
-    from mnist_lab import plots
+    from mnist_lab import drawing
     from mnist_lab.loggers import log_to_run
-    from mnist_lab.runs import RunDir
 
     run, chosen = RunDir(payload["run_dir"]), payload["chosen"]
     draw_history(run.path, chosen)
@@ -61,52 +65,43 @@ def draw_now(payload: dict[str, Any]) -> None:
     preds = probs.argmax(1)
     first = payload["first"]
     n = len(first)
-    grid = plots.digit_grid(first, [f"{p} ({t})" for p, t in zip(preds[:n], labels[:n], strict=True)],
+    grid = drawing.digit_grid(first, [f"{p} ({t})" for p, t in zip(preds[:n], labels[:n], strict=True)],
                             list(preds[:n] != labels[:n]), title="test predictions: predicted (true), mistakes in red")
     confusion = payload["confusion"]
     matrix, _ = MulticlassConfusionMatrix(num_classes=len(confusion)).plot(torch.as_tensor(confusion))
     matrix.set_size_inches(6, 6)
     log_to_run(run, {"logger": chosen}, {"test/predictions": grid, "test/confusion_matrix": matrix}, payload["step"])
-    plots.close(grid)
-    plots.save(matrix, run.figure("confusion_matrix"))
+    drawing.close(grid)
+    drawing.save(matrix, run.figure("confusion_matrix"))
     counts = confusion.sum(1)
     accuracy = np.diag(confusion) / np.maximum(counts, 1)  # per-class recall = accuracy
-    plots.save(plots.per_class(accuracy, counts), run.figure("per_class"))
+    drawing.save(drawing.per_class(accuracy, counts), run.figure("per_class"))
     order = payload["wrong_index"]
-    plots.save(plots.mistakes(payload["wrong_images"], labels[order], probs[order]), run.figure("mistakes"))
+    drawing.save(drawing.mistakes(payload["wrong_images"], labels[order], probs[order]), run.figure("mistakes"))
 
 
 def draw_history(run_dir: str | os.PathLike, chosen: Mapping[str, Any]) -> None:
     """history.png: loss and accuracy per epoch, read back from the run's loggers (`chosen`: their config)."""
-    from mnist_lab import plots
+    from mnist_lab import drawing
     from mnist_lab.loggers import read_scalars
-    from mnist_lab.runs import RunDir
 
     run = RunDir(run_dir)
-    plots.save(plots.history(read_scalars(run.path, HISTORY_TAGS, chosen)), run.figure("history"))
+    drawing.save(drawing.history(read_scalars(run.path, HISTORY_TAGS, chosen)), run.figure("history"))
 
 
 def missing(run_dir: str | os.PathLike) -> list[str]:
     """The figures a run folder lacks (a sweep stopped while a worker drew them)."""
-    from mnist_lab.runs import RunDir
-
     return [name for name in FIGURES if not RunDir(run_dir).figure(name).is_file()]
 
 
 def in_sweep_process() -> bool:
     """Whether this is a job of a sweep whose jobs run one after another in this process (Hydra's basic
     launcher): where drawing beside the next job saves time."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from mnist_lab.sweeps import in_sweep
-
     return in_sweep() and "BasicLauncher" in str(HydraConfig.get().launcher.get("_target_", ""))
 
 
 def saved_payload(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The payload a run kept in its folder (runs.RunDir.test_outputs), for drawing again on demand."""
-    from mnist_lab.runs import RunDir
-
     path = RunDir(run_dir).test_outputs
     if not path.is_file():
         return None
@@ -118,8 +113,6 @@ def saved_payload(run_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 def keep_payload(payload: Mapping[str, Any]) -> None:
     """Save the arrays of a payload in its run folder (atomically), so the figures can be drawn again."""
-    from mnist_lab.runs import RunDir, atomic_path
-
     arrays = {k: np.asarray(v) for k, v in payload.items() if k not in ("run_dir", "chosen")}
     with atomic_path(RunDir(payload["run_dir"]).test_outputs) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
@@ -127,14 +120,6 @@ def keep_payload(payload: Mapping[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m mnist_lab.figures RUN_OR_SWEEP...: draw the figures of finished runs again."""
-    import sys
-
-    import yaml
-
-    from mnist_lab.compare import find_runs
-    from mnist_lab.loggers import chosen
-    from mnist_lab.runs import RunDir
-
     folders = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
     if not folders:
         print("usage: python -m mnist_lab.figures <run or sweep folder>...", file=sys.stderr)
@@ -146,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if payload is None:
             continue
         config = yaml.safe_load(RunDir(run).config.read_text()) or {}
-        draw_now({**payload, "run_dir": str(run), "chosen": dict(chosen(config))})
+        draw_now({**payload, "run_dir": str(run), "chosen": dict(chosen_loggers(config))})
         print(f"drew the figures of {run}")
         drawn += 1
     if not drawn:

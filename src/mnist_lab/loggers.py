@@ -13,26 +13,28 @@ artifacts) in the sweep folder under -m, else in the run folder, or to logger.ml
 from __future__ import annotations
 
 import csv
+import logging
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-from mnist_lab.runs import MLRUNS, RunDir, atomic_path
+from mnist_lab.config import NOT_HPARAMS, among, chosen_loggers, flatten, override_key
+from mnist_lab.runs import MLRUNS, RunDir, atomic_path, in_sweep, saved_overrides
 
 METRICS_CSV = ExperimentWriter.NAME_METRICS_FILE  # metrics.csv
-
-
-def chosen(config: Mapping | None) -> Mapping:
-    """A run config's logger section; a config saved before there was a choice used TensorBoard."""
-    section = (config or {}).get("logger")
-    return {"tensorboard": {}} if section is None else section
 
 
 def build_loggers(chosen: Mapping, run: RunDir) -> list:
@@ -104,15 +106,13 @@ def mlflow_store(run: RunDir) -> Path:
     for folder in (run.path, run.path.parent):
         if (folder / MLRUNS / "mlflow.db").is_file():
             return folder / MLRUNS
-    from mnist_lab.sweeps import in_sweep
-
     return (run.path.parent if in_sweep() else run.path) / MLRUNS
 
 
 def mlflow_client(settings: Mapping, run: RunDir) -> tuple[Any, str, str | None]:
     """(MlflowClient, tracking URI, artifact location) for a run: logger.mlflow.tracking_uri, or the local
     store (SQLite, artifacts beside it)."""
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # an optional extra: pip install -e '.[mlflow]'
 
     if settings.get("tracking_uri"):
         return MlflowClient(settings["tracking_uri"]), settings["tracking_uri"], None
@@ -153,18 +153,6 @@ def mlflow_logger(settings: Mapping, run: RunDir) -> MLFlowLogger:
     return MLFlowLogger(experiment_name=name, run_name=run.path.name, tracking_uri=uri, run_id=run_id)
 
 
-def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}, with values every logger can show (others as text; None kept)."""
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v if v is None or isinstance(v, int | float | str | bool) else str(v)
-    return out
-
-
 class HParams(L.Callback):
     """The run's resolved config, flattened, as every logger's hyperparameters (logged when a run starts,
     not again when it resumes).
@@ -186,10 +174,6 @@ class HParams(L.Callback):
                 logger.log_hyperparams(flatten(config))
 
 
-# Keys of a run's config that say where it reads and writes and how it shows itself, not what it
-# computes: left out of TensorBoard's HPARAMS (config.yaml and the other loggers keep them).
-NOT_HPARAMS = ("output_dir", "resume", "threads", "export", "data.data_dir", "data.download",
-               "data.verify_checksums", "trainer.enable_progress_bar", "logger.")
 HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # HPARAMS' metric columns, in this order
 
 
@@ -197,11 +181,6 @@ def swept_keys(config: Mapping) -> list[str]:
     """The config keys a sweep varies (model=mlp,convnet -> model.name), in the sweep's order, read from the
     sweep folder's record of its command line; a job without one (another sweeper's): the keys its own
     overrides set. None outside a sweep. What tells the runs apart, so TensorBoard shows them first."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from mnist_lab.sweeps import in_sweep, override_key, saved_overrides
-
     if not in_sweep():
         return []
     hydra_cfg = HydraConfig.get()
@@ -215,15 +194,15 @@ def swept_keys(config: Mapping) -> list[str]:
     keys = []
     for key in names:
         key = key if key in flat else f"{key}.name"  # a config group: its choice's name
-        if key in flat and not key.startswith(NOT_HPARAMS) and key not in keys:
+        if key in flat and not among(key, NOT_HPARAMS) and key not in keys:
             keys.append(key)
     return keys
 
 
 def tensorboard_hparams(config: Mapping, swept: list[str]) -> tuple[dict[str, Any], set[str]]:
     """(hyperparameters in display order, the keys to show first): the swept keys and the model, then the
-    rest of the config in its order; NOT_HPARAMS and unset options (null: the library's default) left out."""
-    flat = {k: v for k, v in flatten(config).items() if not k.startswith(NOT_HPARAMS) and v is not None}
+    rest of the config in its order; config.NOT_HPARAMS and unset options (null: the library's default) left out."""
+    flat = {k: v for k, v in flatten(config).items() if not among(k, NOT_HPARAMS) and v is not None}
     first = [k for k in [*swept, "model.name"] if k in flat]
     ordered = {k: flat[k] for k in first}
     ordered.update((k, v) for k, v in flat.items() if k not in ordered)
@@ -234,11 +213,6 @@ def write_tensorboard_hparams(logger: TensorBoardLogger, config: Mapping, swept:
     """The HPARAMS tab's records for this run, built from TensorBoard's hparams protos (its summary helpers
     need TensorFlow). TensorBoard sorts the columns by `differs`, then by name: the swept keys and the
     model are marked, so they come first."""
-    import time
-
-    from tensorboard.compat.proto.summary_pb2 import Summary
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
     params, first = tensorboard_hparams(config, swept)
     kinds = {bool: "DATA_TYPE_BOOL", int: "DATA_TYPE_FLOAT64", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
     infos = [api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kinds[type(v)]), differs=k in first)
@@ -270,7 +244,7 @@ def log_figure(loggers: list, tag: str, figure, step: int) -> None:
 
 def log_to_run(run: RunDir, config: Mapping | None, figures: Mapping[str, Any], step: int) -> None:
     """Add figures ({tag: figure}) to a finished run's loggers (TensorBoard: a new event file in its folder)."""
-    loggers = build_loggers(chosen(config), run)
+    loggers = build_loggers(chosen_loggers(config), run)
     for tag, figure in figures.items():
         log_figure(loggers, tag, figure, step)
     for logger in loggers:
@@ -296,10 +270,6 @@ def read_scalars(run_dir: str | Path, tags: tuple[str, ...] | None = None,
 
 
 def _tensorboard_scalars(path: Path, tags) -> dict[str, dict[int, float]]:
-    import logging
-
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     logging.getLogger("tensorboard").setLevel(logging.WARNING)  # "No path found after ..." is expected
     events = EventAccumulator(str(path), size_guidance={"scalars": 0})
     events.Reload()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +18,13 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from mnist_lab import models
 from mnist_lab.errors import CheckpointError
-from mnist_lab.fastpath import ChunkRunner, count_steps, place_optimizer_state
+from mnist_lab.fastpath import ChunkRunner, FastPlan, count_steps, place_optimizer_state
 from mnist_lab.optim import build_optimizer
 
 
 def load_checkpoint(path: str | os.PathLike, model_name: str | None = None) -> dict[str, Any]:
     """torch.load with weights_only=True (never unpickles arbitrary objects), checked to be an mnist_lab
     checkpoint (of `model_name`, when given). Raises CheckpointError with a one-line message."""
-    import pickle
-    import re
-
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist: give the path of a .ckpt file "
@@ -79,15 +79,16 @@ class LitClassifier(L.LightningModule):
     """
 
     def __init__(self, net: nn.Module, optimizer: dict, model: dict | None = None, config: dict | None = None,
-                 fast: dict | None = None, provenance: dict | None = None):  # provenance.summary, for checkpoints
+                 fast: FastPlan | None = None, provenance: dict | None = None):  # provenance.summary, for checkpoints
         super().__init__()
-        self.save_hyperparameters(ignore=["net"], logger=False)  # loggers.HParams logs them, flattened
+        self.save_hyperparameters(ignore=["net", "fast"], logger=False)  # loggers.HParams logs them, flattened
         self.net = net
-        # fast: None trains one batch per training_step (Lightning's automatic optimization). A dict
-        # ({"cuda_graph", "compile", "clip_norm"}) trains chunks of K batches per training_step
-        # through fastpath.ChunkRunner (manual optimization; the data module yields the chunks).
-        self.fast = fast
-        self.automatic_optimization = fast is None
+        # The plain path trains one batch per training_step (Lightning's automatic optimization); the fast
+        # path chunks of K batches per training_step through fastpath.ChunkRunner (manual optimization; the
+        # data module yields the chunks).
+        self.fast = fast or FastPlan(plain_because="no plan given")
+        self.hparams["fast"] = dataclasses.asdict(self.fast)  # plain values, as a checkpoint keeps them
+        self.automatic_optimization = not self.fast.fast
         self.runner: ChunkRunner | None = None
         # validate_args=False: no per-step value checks, each of which would force a host-device sync
         # on a GPU (the labels are ours; the loss is checked by guards.NonFiniteGuard).
@@ -113,15 +114,14 @@ class LitClassifier(L.LightningModule):
         return self.net(x)
 
     def on_train_start(self) -> None:
-        if self.fast is None:
+        if not self.fast.fast:
             return
         optimizer = self.optimizers().optimizer
-        graph = bool(self.fast.get("cuda_graph")) and self.device.type == "cuda"
-        place_optimizer_state(optimizer, capturable=graph)  # the state may come from a checkpoint
+        place_optimizer_state(optimizer, capturable=self.fast.cuda_graph)  # the state may come from a checkpoint
         # A new runner at every fit: graphs hold the addresses of this fit's device tensors.
         self.runner = ChunkRunner(
             self.net, optimizer, getattr(self.trainer.datamodule, "batch_size", 0),
-            cuda_graph=graph, compile=bool(self.fast.get("compile")), clip_norm=self.fast.get("clip_norm"),
+            cuda_graph=self.fast.cuda_graph, compile=self.fast.compile, clip_norm=self.fast.clip_norm,
             autocast_dtype=torch.bfloat16 if str(self.trainer.precision) == "bf16-mixed" else None,
         )
 
@@ -169,5 +169,4 @@ class LitClassifier(L.LightningModule):
         return logits  # for callbacks that draw predictions
 
     def configure_optimizers(self):
-        capturable = bool(self.fast and self.fast.get("cuda_graph")) and self.device.type == "cuda"
-        return build_optimizer(self.parameters(), **self.hparams["optimizer"], capturable=capturable)
+        return build_optimizer(self.parameters(), **self.hparams["optimizer"], capturable=self.fast.cuda_graph)

@@ -35,7 +35,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mnist_lab import idx
-from mnist_lab.config import CONF_DIR
+from mnist_lab.config import CONF_DIR, VERSION_BASE
 from mnist_lab.errors import ConfigError, DataError, ModelError
 from mnist_lab.runs import EXPORT_FILES, RunDir, atomic_path
 
@@ -181,7 +181,7 @@ def write_csv(path: Path, names: list[str], probs: np.ndarray, labels: np.ndarra
 def write_grid(path: Path, images: np.ndarray, probs: np.ndarray, labels: np.ndarray | None,
                n: int = 24, seed: int = 0, files: list[Path] | None = None) -> None:
     """`files`: the image files the rows came from, shown beside what the model saw."""
-    from mnist_lab import plots  # matplotlib only
+    from mnist_lab import drawing  # matplotlib only
 
     pick = np.random.default_rng(seed).choice(len(images), size=min(n, len(images)), replace=False)
     preds = probs.argmax(1)
@@ -195,7 +195,7 @@ def write_grid(path: Path, images: np.ndarray, probs: np.ndarray, labels: np.nda
     if files is not None:
         originals = [(files[i].name, thumbnail(files[i])) for i in pick]
         what += "; each file beside the 28x28 the model saw"
-    plots.save(plots.digit_grid(images[pick], titles, wrong, title=f"{len(pick)} random images: {what}",
+    drawing.save(drawing.digit_grid(images[pick], titles, wrong, title=f"{len(pick)} random images: {what}",
                                 originals=originals), path)
 
 
@@ -274,7 +274,7 @@ def report(result: dict) -> str:
     return f"predicted {plural(result['n'], 'image')}{accuracy}{skipped}: {result['csv']}, {result['png']}"
 
 
-@hydra.main(config_path=CONF_DIR, config_name="predict", version_base="1.3")
+@hydra.main(config_path=CONF_DIR, config_name="predict", version_base=VERSION_BASE)
 def main(cfg: DictConfig) -> None:
     result = predict(cfg.onnx, str(cfg.source), cfg.data_dir, cfg.out, cfg.threads, cfg.grid, cfg.seed,
                      cfg.overwrite)

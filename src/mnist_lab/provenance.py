@@ -22,12 +22,16 @@ import shlex
 import socket
 import subprocess
 import sys
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 import yaml
+from hydra.core.hydra_config import HydraConfig
 
+from mnist_lab.idx import RAW_FILES, file_sha256, raw_folder
 from mnist_lab.runs import RunDir, write_text
 
 PACKAGES = ("torch", "lightning", "hydra-core", "torchmetrics", "numpy", "mnist_lab")
@@ -112,7 +116,6 @@ def command() -> dict[str, Any]:
     if argv and argv[0].endswith(os.path.join("mnist_lab", "train.py")):
         argv = ["python", "-m", "mnist_lab.train", *argv[1:]]
     found: dict[str, Any] = {"line": shlex.join(argv), "cwd": os.getcwd(), "python": sys.executable}
-    from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.initialized():
         found["overrides"] = list(HydraConfig.get().overrides.task)
@@ -120,8 +123,6 @@ def command() -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {"python": platform.python_version()}
     for name in PACKAGES:
         try:
@@ -132,8 +133,6 @@ def versions() -> dict[str, str]:
 
 
 def host() -> dict[str, Any]:
-    import torch
-
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
         if torch.cuda.is_available() else []
@@ -152,8 +151,6 @@ def cpu_name() -> str:
 
 
 def data_files(data_dir: str | os.PathLike) -> dict[str, Any]:
-    from mnist_lab.idx import RAW_FILES, file_sha256, raw_folder
-
     folder = raw_folder(data_dir)
     sha = {name: file_sha256(folder / name) if (folder / name).is_file() else "missing" for name in RAW_FILES}
     return {"folder": str(folder), "sha256": sha}

@@ -25,7 +25,12 @@ from typing import Any
 
 import yaml
 
+from mnist_lab import provenance as prov
 from mnist_lab import runs
+from mnist_lab.config import chosen_loggers
+from mnist_lab.loggers import read_scalars
+from mnist_lab.resume import saved_config
+from mnist_lab.train import train
 
 ACC_TOL = 0.005  # absolute, on accuracies
 LOSS_RTOL = 0.10  # relative, on losses
@@ -36,9 +41,7 @@ def recorded_metrics(run: runs.RunDir, config: dict) -> dict[str, float]:
     """The run's final metrics: result.yaml's, else the last value of each tag its loggers hold."""
     if run.result.is_file():
         return runs.result_metrics(run.path)
-    from mnist_lab.loggers import chosen, read_scalars
-
-    return {tag: values[-1] for tag, values in read_scalars(run.path, TAGS, chosen(config)).items() if values}
+    return {tag: values[-1] for tag, values in read_scalars(run.path, TAGS, chosen_loggers(config)).items() if values}
 
 
 def environment(provenance: dict) -> dict[str, Any]:
@@ -92,10 +95,6 @@ def main(argv: list[str] | None = None) -> int:
     provenance = yaml.safe_load(run.provenance.read_text()) if run.provenance.is_file() else {}
     out = args.out or Path("outputs/reproduce") / f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}_{run.path.name}"
     cfg = config_again(provenance, out.resolve(), args.data_dir, run)
-
-    from mnist_lab import provenance as prov
-    from mnist_lab.train import train
-
     train(cfg)
     new_run = runs.RunDir(cfg.output_dir)
     new = recorded_metrics(new_run, saved)
@@ -126,11 +125,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def config_again(provenance: dict, out: Path, data_dir: str | None, run: runs.RunDir):
-    """The saved config, typed (train.saved_config, as resume= reads it), for a new run in `out`: the recorded
+    """The saved config, typed (resume.saved_config, as resume= reads it), for a new run in `out`: the recorded
     thread count, no export, and the data folder found again (a relative one is taken from the run's working
     directory where the current one lacks it)."""
-    from mnist_lab.train import saved_config
-
     cfg = saved_config(run, f"reproduce {run.path}")
     cfg.output_dir, cfg.resume, cfg.export = str(out), None, False
     if cfg.threads is None and provenance.get("host", {}).get("torch_threads"):

@@ -15,7 +15,8 @@
     <run>/result.yaml            written when the run finished: its final metrics (a resumed sweep skips it)
 
 The loggers' own files (TensorBoard events, metrics.csv, hparams.yaml) sit in the run folder too, and
-Hydra's record of the command in .hydra/. A sweep folder holds multirun.yaml (Hydra's), sweep.log (how
+Hydra's record of the command in .hydra/ (config.yaml as the run started, overrides.yaml, hydra.yaml; a
+resumed run's call in .hydra/resume/). A sweep folder holds multirun.yaml (Hydra's), sweep.log (how
 each job ended) and the run folders. No torch here: predict imports this module.
 """
 
@@ -26,6 +27,12 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from mnist_lab.errors import CheckpointError, WriteError
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.txt"
@@ -45,6 +52,8 @@ PROVENANCE = "provenance.yaml"
 PROVENANCE_DIFF = "provenance.diff"
 RESULT = "result.yaml"
 SWEEP_RECORD = "multirun.yaml"  # Hydra's record of a sweep's config and overrides, in the sweep folder
+HYDRA = ".hydra"  # Hydra's record of a run's call: config.yaml, overrides.yaml, hydra.yaml
+HYDRA_RESUMED = f"{HYDRA}/resume"  # where a resume= call's record goes (hydra.output_subdir), not over the first
 
 
 class RunDir:
@@ -126,11 +135,57 @@ class RunDir:
     def test_outputs(self) -> Path:
         return self.path / TEST_OUTPUTS
 
+    @property
+    def started_config(self) -> Path:
+        """Hydra's record of the config the run started with."""
+        return self.path / HYDRA / "config.yaml"
+
+    @property
+    def overrides(self) -> Path:
+        """Hydra's record of the run's command-line overrides."""
+        return self.path / HYDRA / "overrides.yaml"
+
+    @property
+    def hydra_record(self) -> Path:
+        """Hydra's own config for the run (its sweep folder, the names' exclude_keys, ...)."""
+        return self.path / HYDRA / "hydra.yaml"
+
+    def saved_overrides(self) -> list[str]:
+        """The overrides the run was started with ([] where Hydra kept none)."""
+        return list((yaml.safe_load(self.overrides.read_text()) or []) if self.overrides.is_file() else [])
+
+    def untouched(self) -> bool:
+        """Whether the folder holds only what a call writes before its run begins (Hydra's record, the log)."""
+        return all(p.name in (HYDRA, LOG) for p in self.path.iterdir())
+
+
+def find_runs(folder: str | os.PathLike) -> list[Path]:
+    """The run folders under `folder` (itself included): those holding a config.yaml."""
+    folder = Path(folder)
+    return sorted(p.parent for p in folder.rglob(CONFIG) if HYDRA not in p.relative_to(folder).parts)
+
+
+def in_sweep() -> bool:
+    """Whether Hydra runs this process as a job of a sweep (-m)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def is_sweep(folder: Path) -> bool:
+    """Whether `folder` is a sweep folder (Hydra's multirun.yaml, no run config of its own)."""
+    return (folder / SWEEP_RECORD).is_file() and not (folder / CONFIG).is_file()
+
+
+def saved_overrides(sweep_dir: Path) -> tuple[list[str], list[str]] | None:
+    """(task overrides, hydra overrides) of the sweep recorded in `sweep_dir`, or None where there is none."""
+    record = sweep_dir / SWEEP_RECORD
+    if not record.is_file():
+        return None
+    overrides = (yaml.safe_load(record.read_text()) or {}).get("hydra", {}).get("overrides", {})
+    return list(overrides.get("task") or []), list(overrides.get("hydra") or [])
+
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """The checkpoint file that `path` names: a .ckpt file as it is, or a run folder's checkpoints/best.ckpt."""
-    from mnist_lab.errors import CheckpointError
-
     path = Path(path).expanduser()
     if path.is_dir():
         for candidate in (RunDir(path).best_ckpt, path / f"{BEST}.ckpt"):
@@ -189,18 +244,21 @@ def atomic_path(path: str | os.PathLike, commit: bool = True) -> Iterator[Path]:
 
 def write_failed(path: Path, err: OSError):
     """The WriteError for `path`, whose write failed with `err`."""
-    from mnist_lab.errors import WriteError
-
     reason = err.strerror or type(err).__name__  # e.g. "No space left on device", "Disk quota exceeded"
     kept = f"the earlier {path.name} is kept whole" if path.exists() else f"no {path.name} was written"
     return WriteError(f"writing {path.name} into {shown(path.parent)} failed: {reason} "
                       f"({free_space(path.parent)} free there); {kept}")
 
 
-def result_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
-    """The metrics of a finished run's result.yaml (train.write_result); {} where it holds none."""
-    import yaml
+def write_result(run: RunDir, metrics: dict[str, float], finished: str) -> None:
+    """<run>/result.yaml, the mark of a finished run (a resumed sweep skips it; reproduce compares with it):
+    when it finished, the last epoch's training and validation means and the best checkpoint's test metrics."""
+    result = {"finished": finished, "metrics": dict(sorted(metrics.items()))}
+    write_text(run.result, yaml.safe_dump(result, sort_keys=False))
 
+
+def result_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The metrics of a finished run's result.yaml (write_result); {} where it holds none."""
     return dict((yaml.safe_load(RunDir(run_dir).result.read_text()) or {}).get("metrics", {}))
 
 

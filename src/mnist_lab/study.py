@@ -11,7 +11,7 @@ again continues the study until it holds n_trials finished or pruned trials.
 
 How it runs. The sweeper asks Optuna for n_jobs trials and launches them as one batch on the sweep's
 launcher (hydra/launcher=slurm: a Slurm job each). Each job finds its trial number in its own Hydra config
-(hydra.sweeper.trial) and, through callbacks.OptunaTrial, reports the metric after every validation, stops
+(hydra.sweeper.trial) and, through reporting.OptunaTrial, reports the metric after every validation, stops
 when the pruner says so, and tells the study how the trial ended; so a trial's outcome reaches the study even
 when the sweeper is gone. The sweeper records as failed, with its error, a trial whose job ended without
 telling, and launches the next batch.
@@ -23,15 +23,28 @@ sweep left running are recorded as failed when the study continues; no trial num
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 
+from mnist_lab import config
+from mnist_lab.config import flatten
 from mnist_lab.errors import ConfigError, Interrupted, ObjectiveError, StudyError
 from mnist_lab.runs import RunDir, write_text
 
@@ -51,9 +64,6 @@ def search_space(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
     choice(a, b) -> categorical; interval(lo, hi) -> float, tag(log, interval(...)) on a log scale;
     range(start, stop, step) -> int (or float) with that step, stop excluded as in Hydra.
     """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep, Transformer
-    from hydra.errors import HydraException
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     space: dict[str, Any] = {}
@@ -146,8 +156,6 @@ def open_storage(location: str) -> Any:
 def check_journal(path: Path) -> None:
     """Raise StudyError unless every complete line of `path` is an Optuna journal record. (Optuna would
     append its own records to any file it fails to read.)"""
-    import json
-
     with open(path, "rb") as f:
         lines = f.read().split(b"\n")[:-1]  # the last piece may be a record still being written
     for n, line in enumerate(lines, 1):
@@ -168,19 +176,16 @@ def build(spec: Any, **extra: Any) -> Any:
     """An Optuna sampler or pruner from its config ({_target_: ..., ...}); None for none."""
     if spec is None:
         return None
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
     return instantiate({**spec, **extra})
 
 
-# The trial's side (used by callbacks.OptunaTrial, in the job) -------------------------------------
+# The trial's side (used by reporting.OptunaTrial, in the job) -------------------------------------
 
 @dataclass
 class TrialLink:
     """Where a trial lives: enough for its job to report to it and tell the study how it ended."""
-
     storage: str
     study_name: str
     number: int
@@ -202,8 +207,6 @@ class TrialLink:
 
 def current_trial() -> TrialLink | None:
     """The Optuna trial this run is (from its Hydra config: hydra.sweeper.trial), or None."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
@@ -244,12 +247,10 @@ class StudySweep:
         self.metric, self.direction, self.study_name = metric, direction, study_name
         self.n_trials, self.n_jobs, self.max_failures = n_trials, n_jobs, max_failures
         self.storage, self.sampler, self.pruner = storage, sampler, pruner
-        self.params = flat(params or {})
+        self.params = swept_params(params)
         self.stop_signal: int | None = None
 
     def setup(self, *, hydra_context: Any, task_function: Any, config: Any) -> None:
-        from hydra.core.plugins import Plugins
-
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context,
                                                                 task_function=task_function)
@@ -258,15 +259,13 @@ class StudySweep:
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        from mnist_lab.config import check_keys
-
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the study logs its own lines
         overrides = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         space, fixed = search_space(overrides)
         if not space:
             raise ConfigError("hydra/sweeper=optuna needs a search space: e.g. 'optimizer.lr=tag(log, interval("
                               "1e-5, 1.0))' or 'model=choice(mlp,convnet)' (or hydra.sweeper.params)")
-        check_keys(overrides)  # as on the command line: "did you mean ...?"
+        config.check_keys(overrides)  # as on the command line: "did you mean ...?"
         self.check_space(space, fixed)
         study = self.open_study(space)
         self.fail_left_running(study)
@@ -280,10 +279,6 @@ class StudySweep:
     def check_space(self, space: dict[str, Any], fixed: list[str]) -> None:
         """Compose and validate a trial's config with every choice and both ends of every range (one at a time):
         an unknown key, an option that does not exist or a value mnist_lab refuses fails here, before any trial."""
-        from omegaconf import open_dict
-
-        from mnist_lab import config as _config
-
         values = {key: getattr(d, "choices", ends(d)) for key, d in space.items()}
         firsts = {key: vs[0] for key, vs in values.items()}
         for key, value in [(None, None)] + [(k, v) for k, vs in values.items() for v in vs[1:]]:
@@ -296,7 +291,7 @@ class StudySweep:
             with open_dict(cfg):
                 del cfg["hydra"]
             try:
-                _config.validate(cfg)
+                config.validate(cfg)
             except ConfigError as err:
                 raise ConfigError(f"search space: {err}") from None
 
@@ -380,7 +375,6 @@ class StudySweep:
 
     def settle(self, study: optuna.Study, trial: optuna.Trial, ret: Any) -> optuna.trial.FrozenTrial:
         """The trial as its job left it; one the job did not finish is told failed, with the job's error."""
-        from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
         frozen = study.get_trials(deepcopy=False)[trial.number]
@@ -452,8 +446,6 @@ class StudySweep:
     def catch_signals(self) -> dict[int, Any]:
         """SIGINT or SIGTERM: stop when the running trials end (a second one: at once). A trial being trained
         in this process gets the signal itself (guards.GracefulInterrupt) and saves its checkpoint."""
-        import threading
-
         if threading.current_thread() is not threading.main_thread():
             return {}
         previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -472,9 +464,7 @@ class StudySweep:
 
 def plot_study(study: optuna.Study, folder: Path, metric: str) -> None:
     """Optuna's matplotlib plots as PNGs; a plot the study cannot make yet (too few trials) is skipped, said."""
-    import warnings
-
-    from mnist_lab import plots
+    from mnist_lab import drawing
 
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "Using categorical units ..."
     with warnings.catch_warnings():
@@ -492,22 +482,13 @@ def plot_study(study: optuna.Study, folder: Path, metric: str) -> None:
             except Exception as err:  # e.g. importances need two finished trials
                 log.info(f"no {name}.png yet: {first_line(err)}")
                 continue
-            plots.save((axes.flat[0] if hasattr(axes, "flat") else axes).figure, folder / f"{name}.png")
+            drawing.save((axes.flat[0] if hasattr(axes, "flat") else axes).figure, folder / f"{name}.png")
 
 
-def flat(params: Any, prefix: str = "") -> dict[str, str]:
+def swept_params(params: Any) -> dict[str, str]:
     """hydra.sweeper.params as {dotted key: override value}: nested keys are joined with dots."""
-    from omegaconf import OmegaConf
-
-    if OmegaConf.is_config(params):
-        params = OmegaConf.to_container(params, resolve=False)
-    out: dict[str, str] = {}
-    for k, v in params.items():
-        if isinstance(v, dict):
-            out.update(flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
+    plain = OmegaConf.to_container(params, resolve=False) if OmegaConf.is_config(params) else params or {}
+    return {k: str(v) for k, v in flatten(plain).items()}
 
 
 def first_line(err: Any) -> str:

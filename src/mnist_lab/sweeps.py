@@ -11,7 +11,7 @@ refuses changed ones in one line, then for each job looks at its run folder:
 
     finished      result.yaml is there (the run trained and tested): skipped, its metrics kept
     interrupted   checkpoints/last.ckpt but no result.yaml: launched; the job resumes from last.ckpt
-                  (train.continued), with its config checked against the one it saved
+                  (resume.continued), with its config checked against the one it saved
     not started   launched as new
 
 Jobs keep their numbers and folder names. With the basic launcher the jobs run one at a time, and a
@@ -19,7 +19,8 @@ Ctrl-C stops the sweep after the job it interrupts saved its last.ckpt; with hyd
 it launches go to Slurm as one array, whatever their numbers. Only global overrides that change where
 the data is and how runs show themselves may differ between the runs (config.RESUME_MAY_SET).
 
-No torch at import: train.prepare_argv imports this module in every `python -m mnist_lab.train`.
+No torch at import: the train command's checks (mnist_lab.cmdline) import this module in every
+`python -m mnist_lab.train`.
 """
 
 from __future__ import annotations
@@ -30,34 +31,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import OmegaConf, open_dict
 
-from mnist_lab import runs
+from mnist_lab import figures, runs
+from mnist_lab.config import RESUME_MAY_SET, override_key
+from mnist_lab.errors import ConfigError, Interrupted
+from mnist_lab.runs import saved_overrides
 
 log = logging.getLogger(__name__)
 FINISHED, INTERRUPTED, NEW = "finished", "interrupted", "not started"
 
 
-def in_sweep() -> bool:
-    """Whether Hydra runs this process as a job of a sweep (-m)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def override_key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
 def changed_overrides(saved: Sequence[str], now: Sequence[str]) -> list[str]:
     """The overrides that differ between two sweep command lines, as 'key=now (was: key=saved)' phrases;
-    keys in config.RESUME_MAY_SET and resume= may differ."""
-    from mnist_lab.config import RESUME_MAY_SET
-
-    free = {*RESUME_MAY_SET, "resume"}
-    before = {override_key(o): o for o in saved if override_key(o) not in free}
-    after = {override_key(o): o for o in now if override_key(o) not in free}
+    keys in config.RESUME_MAY_SET (resume= among them) may differ."""
+    before = {override_key(o): o for o in saved if override_key(o) not in RESUME_MAY_SET}
+    after = {override_key(o): o for o in now if override_key(o) not in RESUME_MAY_SET}
     changes = []
     for key in sorted(before.keys() | after.keys(), key=lambda k: (k not in after, k)):
         if key not in before:
@@ -73,13 +65,9 @@ def resume_argv(sweep_dir: Path, flags: list[str], overrides: list[str]) -> list
     """The command line that continues the sweep in `sweep_dir` (`-m resume=<sweep folder>`): its saved
     overrides, Hydra's included (launcher, partition, ...), and hydra.sweep.dir; of this call's overrides only
     resume= itself, config.RESUME_MAY_SET and hydra.* ones (how the jobs run, not what they compute)."""
-    from mnist_lab.config import RESUME_MAY_SET
-    from mnist_lab.errors import ConfigError
-
     saved = saved_overrides(sweep_dir)
     assert saved is not None
-    extra = [o for o in overrides if override_key(o) not in ("resume", *RESUME_MAY_SET)
-             and not override_key(o).startswith("hydra")]
+    extra = [o for o in overrides if override_key(o) not in RESUME_MAY_SET and not override_key(o).startswith("hydra")]
     if extra:
         raise ConfigError(f"resume={sweep_dir} continues the sweep with its saved overrides; drop {' '.join(extra)} "
                           "(or start a new sweep with them)")
@@ -91,27 +79,8 @@ def resume_argv(sweep_dir: Path, flags: list[str], overrides: list[str]) -> list
     return [*multirun, *flags, *hydra, *task, *given, f"hydra.sweep.dir={sweep_dir}"]
 
 
-def is_sweep(folder: Path) -> bool:
-    """Whether `folder` is a sweep folder (Hydra's multirun.yaml, no run config of its own)."""
-    return (folder / runs.SWEEP_RECORD).is_file() and not (folder / runs.CONFIG).is_file()
-
-
-def saved_overrides(sweep_dir: Path) -> tuple[list[str], list[str]] | None:
-    """(task overrides, hydra overrides) of the sweep recorded in `sweep_dir`, or None where there is none."""
-    record = sweep_dir / runs.SWEEP_RECORD
-    if not record.is_file():
-        return None
-    overrides = (yaml.safe_load(record.read_text()) or {}).get("hydra", {}).get("overrides", {})
-    return list(overrides.get("task") or []), list(overrides.get("hydra") or [])
-
-
 def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
     """The plugin's sweep(): `sweeper` is a hydra BasicSweeper set up by Hydra (config, launcher, context)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
-
-    from mnist_lab.errors import ConfigError, Interrupted
-
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
     batches = sweeper.split_arguments(parser.parse_overrides(sweeper._parse_config() + list(arguments)),
                                       sweeper.max_batch_size)
@@ -170,9 +139,6 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
 
 def job_folder(sweeper: Any, num: int, overrides: list[str]) -> Path:
     """The run folder that job `num` gets: hydra.sweep.dir/hydra.sweep.subdir, resolved as run_job does."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
-
     cfg = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, overrides)
     with open_dict(cfg):
         cfg.hydra.job.num = cfg.hydra.job.id = num
@@ -186,16 +152,13 @@ def job_folder(sweeper: Any, num: int, overrides: list[str]) -> Path:
 
 def check_folders(sweep_dir: Path, folders: dict[int, Path], jobs: list) -> None:
     """Every run folder already in the sweep folder must be the one its job gets now, with the same overrides."""
-    from mnist_lab.config import RESUME_MAY_SET
-    from mnist_lab.errors import ConfigError
-
     def fixed(overrides: list[str]) -> list[str]:
         return [o for o in overrides if override_key(o) not in RESUME_MAY_SET]
 
     overrides = {n: o for batch in jobs for n, o in batch}
     names = {f.name: n for n, f in folders.items()}
-    for found in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
-        recorded = yaml.safe_load((found / ".hydra" / "overrides.yaml").read_text()) or []
+    for found in sorted(p for p in sweep_dir.iterdir() if runs.RunDir(p).overrides.is_file()):
+        recorded = runs.RunDir(found).saved_overrides()
         n = names.get(found.name)
         if n is None or fixed(recorded) != fixed(overrides[n]):
             raise ConfigError(f"sweep {sweep_dir} holds {found.name} (overrides {' '.join(recorded)}), which "
@@ -245,8 +208,6 @@ def complete_figures(folder: Path) -> None:
     (mnist_lab.figures), which a killed sweep takes with it."""
     if not runs.RunDir(folder).test_outputs.is_file():
         return
-    from mnist_lab import figures
-
     lacking = figures.missing(folder)
     if lacking:
         log.info(f"\t     its figures were not drawn ({', '.join(lacking)}: the sweep stopped first); drawing them")

@@ -1,7 +1,7 @@
 """Callbacks that record a run: seconds per epoch, a line per epoch, the progress bar (chunks of K steps), the
 run's figures.
 
-matplotlib (mnist_lab.plots) is imported only when a figure is drawn, at the end of fit or test.
+matplotlib (mnist_lab.drawing) is imported only when a figure is drawn, at the end of fit or test.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 
+from mnist_lab import figures
+from mnist_lab.console import log
 from mnist_lab.data import MEAN, STD
-from mnist_lab.runlog import log
+from mnist_lab.errors import ObjectiveError
 from mnist_lab.runs import RunDir
+from mnist_lab.study import current_trial, write_record
 
 
 class EpochTime(L.Callback):
@@ -69,19 +72,18 @@ class RunProgressBar(TQDMProgressBar):
     with its total; and the bars are closed before an error's line is printed, so the last thing on the
     screen is the error, not a stale bar."""
 
+    def __init__(self, steps: int | None = None):  # the run's FastPlan.steps: K batches per training_step
+        super().__init__()
+        self.steps = steps
+
     def init_train_tqdm(self):
         bar = super().init_train_tqdm()
-        if self._steps(self.trainer):
+        if self.steps:
             bar.unit = " chunks"
         return bar
 
-    @staticmethod
-    def _steps(trainer) -> int | None:
-        return trainer.datamodule.steps_per_item() if trainer.datamodule is not None else None
-
     def _describe(self, trainer) -> None:
-        steps = self._steps(trainer)
-        chunks = f" (chunks of {steps} steps)" if steps else ""
+        chunks = f" (chunks of {self.steps} steps)" if self.steps else ""
         self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}/{trainer.max_epochs}{chunks}")
 
     def on_train_start(self, trainer, module) -> None:
@@ -137,7 +139,6 @@ class RunFigures(L.Callback):
         module.test_confusion.reset()
         if not trainer.is_global_zero or not self.labels:
             return
-        from mnist_lab import figures
 
         for logger in trainer.loggers:
             logger.save()  # what fit logged, for history.png
@@ -154,8 +155,6 @@ class RunFigures(L.Callback):
 def study_callbacks(run_dir: Path, chosen: Mapping | None = None) -> list[L.Callback]:
     """[OptunaTrial] when this run is a trial of an Optuna study (hydra/sweeper=optuna), else []. chosen: the
     run's logger config (a pruned trial draws its history.png from what they logged)."""
-    from mnist_lab.study import current_trial
-
     trial = current_trial()
     if trial is None:
         return []
@@ -185,8 +184,6 @@ class OptunaTrial(L.Callback):
             self.trial.set_user_attr("run", str(self.run_dir))
 
     def on_validation_end(self, trainer, module) -> None:
-        from mnist_lab.errors import ObjectiveError
-
         metric = self.link.metric
         if metric not in trainer.callback_metrics:  # checked at the sanity check already, when there is one
             logged = ", ".join(sorted(trainer.callback_metrics))
@@ -208,8 +205,7 @@ class OptunaTrial(L.Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         if not self.values and trainer.is_global_zero:  # validation comes before this hook
-            from mnist_lab.errors import ObjectiveError
-
+    
             raise ObjectiveError(f"hydra.sweeper.metric={self.link.metric}: the run never logs it, since it does not "
                               "validate (data.val_size=0 or trainer.limit_val_batches=0): give it validation data")
 
@@ -218,13 +214,10 @@ class OptunaTrial(L.Callback):
             return
         import optuna
 
-        from mnist_lab.study import write_record
-
         if trainer.is_global_zero:
             frozen = self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
             write_record(self.run_dir, frozen, self.link.metric)
-            from mnist_lab import figures
-
+    
             for logger in trainer.loggers:
                 logger.save()  # what fit logged, for history.png
             figures.draw_history(self.run_dir, self.chosen)
@@ -235,7 +228,6 @@ class OptunaTrial(L.Callback):
     def on_test_end(self, trainer, module) -> None:
         if not trainer.is_global_zero or not self.values:
             return
-        from mnist_lab.study import write_record
 
         best = (max if self.link.direction == "maximize" else min)(self.values.values())
         for k, v in trainer.callback_metrics.items():

@@ -8,10 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
+from mnist_lab.config import override_key
 from mnist_lab.runs import SWEEP_LOG, shown
 
 log = logging.getLogger("mnist_lab")
@@ -27,15 +29,13 @@ class ReportFailures(Callback):
     swept: set[str] | None = None  # the keys the sweep varies: a job is named by their values
 
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-
         overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        self.swept = {o.get_key_element() for o in overrides if o.is_sweep_override()}
+        self.swept = {override_key(o.get_key_element()) for o in overrides if o.is_sweep_override()}
 
     def on_job_end(self, config: Any, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        overrides = [o for o in job_return.overrides or [] if not self.swept or o.split("=", 1)[0] in self.swept]
+        overrides = [o for o in job_return.overrides or [] if not self.swept or override_key(o) in self.swept]
         job = f"job {config.hydra.job.get('num', 0)} ({' '.join(overrides)})"
         trial = config.hydra.sweeper.get("trial") is not None  # of an Optuna study, which logs how each ended
         optuna = sys.modules.get("optuna")  # loaded wherever a trial was pruned

@@ -3,7 +3,7 @@
     console     mnist_lab's lines (the summary, the device, one line per epoch, the test metrics), warnings
                 and errors; a live progress bar only where the output is a terminal: in a file or a Slurm
                 log its redraws would pile up, and the epoch lines say the same once an epoch
-                (callbacks.EpochLines, callbacks.RunProgressBar)
+                (reporting.EpochLines, reporting.RunProgressBar)
     train.log   in the run folder, with times: the same lines, Lightning's own INFO lines, and every error
                 with the library's cause (the console shows the error's one line)
 
@@ -19,9 +19,13 @@ import logging
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+from tqdm import tqdm
+
+from mnist_lab.errors import MnistLabError
 from mnist_lab.runs import RunDir
 
 log = logging.getLogger("mnist_lab")
@@ -57,8 +61,6 @@ class Console(logging.StreamHandler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
         with tqdm.external_write_mode(file=self.stream):
             super().emit(record)
 
@@ -89,8 +91,6 @@ class RunLog(logging.FileHandler):
 def recorded(run_dir: str | Path, rank_zero: bool = True) -> Iterator[None]:
     """While the block runs, log to the run folder's train.log (rank 0 only) and, where nothing else shows
     mnist_lab's lines, to stdout. An error that ends the block is logged with its cause from the library."""
-    from mnist_lab.errors import MnistLabError
-
     root = logging.getLogger()
     handlers: list[tuple[logging.Logger, logging.Handler]] = []
     if rank_zero:
@@ -135,3 +135,26 @@ def show_progress_bar(setting: bool | None) -> bool:
     if setting is not None:
         return bool(setting)
     return sys.stdout.isatty()
+
+
+def quiet_lightning() -> None:
+    """Lightning's INFO lines through the run's handlers (under Hydra: into train.log, not on the console;
+    mnist_lab.console), and no warnings that concern Lightning's internals or choices made here on purpose."""
+    if logging.getLogger().handlers:  # Hydra configured the root logger
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        source = logging.getLogger(name)  # where Lightning's rank_zero_info lines come from, tips included
+        if not any(isinstance(f, NoTips) for f in source.filters):
+            source.addFilter(NoTips())  # for every handler, Lightning's own too (a script without Hydra)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")  # val_size=0
+    warnings.filterwarnings("ignore", message=r"__array__ implementation doesn't accept a copy")  # torchmetrics plot
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")  # a local run on a Slurm host
+    # A run folder holds its checkpoints: a resumed run writes into it on purpose.
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    # reporting.EpochLines is a Checkpoint to Lightning; "best" is the first one's, as intended.
+    warnings.filterwarnings("ignore", message=r".*\"best\"\)` is called with Trainer configured with multiple")
+    # The fast path logs once an epoch, and an epoch is a few training_steps of K steps each.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging")

@@ -13,14 +13,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from mnist_lab.runs import atomic_path  # noqa: E402
 
 DPI = 100
 
 
 def save(fig, path: str | Path) -> Path:
     """Write `fig` as a PNG to `path` atomically (runs.atomic_path), close it, and return `path`."""
-    from mnist_lab.runs import atomic_path
-
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
     plt.close(fig)
@@ -155,8 +156,6 @@ def feature_maps(digit: np.ndarray, maps: list[tuple[str, np.ndarray]], label: s
 def accuracy_curves(curves: list[tuple[str, list[float]]], stage: str = "validation"):
     """Accuracy per epoch of several runs, given as (variant, values): one colour a variant. `stage` names
     what the values are (validation, or training for runs without validation)."""
-    from matplotlib.ticker import MaxNLocator
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours: dict[str, str] = {}
     drawn = [(variant, values) for variant, values in curves if values]
