@@ -4,6 +4,7 @@ the commands run as a user runs them."""
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -118,3 +119,17 @@ def train_interrupted(make_cfg, overrides: list[str], out: Path, when, sig: int,
         with pytest.raises(Interrupted, match=match):
             train(make_cfg(cut))
     return cut
+
+
+def fake_slurm(folder: Path, monkeypatch, answers: bool) -> None:
+    """Stand-in sbatch and scontrol on PATH: a Slurm client whose controller answers, or one not configured."""
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scripts = {"sbatch": 'echo "slurm 22.05.8"',
+               "scontrol": ('echo "Slurmctld(primary) at localhost is UP"' if answers else
+                            'echo "scontrol: error: resolve_ctls_from_dns_srv: res_nsearch error: Unknown host" >&2\n'
+                            'echo "fatal: Could not establish a configuration source" >&2; exit 1')}
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")

@@ -20,7 +20,7 @@ from mnist_lab.models import build_model
 from mnist_lab.module import load_checkpoint
 from mnist_lab.optim import build_optimizer
 from mnist_lab.train import train
-from tests.conftest import tiny_overrides, train_interrupted
+from tests.conftest import fake_slurm, tiny_overrides, train_interrupted
 
 
 def cpu(data, out) -> list[str]:
@@ -168,16 +168,18 @@ def test_plan_resolves_k_once_and_says_why_the_plain_path_runs(make_cfg):
         plain.steps = 4
 
 
-def test_auto_trainer_cannot_tell_slurm_what_to_ask_for():
+def test_auto_trainer_cannot_tell_slurm_what_to_ask_for(tiny_mnist, tmp_path, monkeypatch):
     from mnist_lab.cmdline import prepare_argv
     from mnist_lab.config import gpus_per_node
     from mnist_lab.errors import ConfigError
 
+    fake_slurm(tmp_path, monkeypatch, answers=True)
     assert gpus_per_node("gpu", 2) == 2 and gpus_per_node("cpu", 2) is None
     with pytest.raises(ConfigError, match="trainer=gpu .* for GPU jobs, trainer=cpu for CPU jobs"):
         prepare_argv(["train", "-m", "hydra/launcher=slurm", "seed=0,1"])  # before anything is submitted
+    data = [f"data.data_dir={tiny_mnist}", "data.verify_checksums=false", "data.val_size=100"]
     for fine in (["trainer=cpu"], ["trainer=gpu"], ["hydra.launcher.gpus_per_node=1"]):
-        prepare_argv(["train", "-m", "hydra/launcher=slurm", "seed=0,1", *fine])
+        prepare_argv(["train", "-m", "hydra/launcher=slurm", "seed=0,1", *fine, *data])
 
 
 # Whole runs ---------------------------------------------------------------------------------------

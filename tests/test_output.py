@@ -104,7 +104,7 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_there_is(tiny_mnist, tmp_pa
     ("seed: 0\nmodel: {name: mlp\n", r"its config.yaml is not valid YAML \(line 3\); fix it, or restore it from "
                                      r"\.hydra/config\.yaml there \(the config the run started with\)$"),
     ("optimizer: {lr: banana}\n", r"its config.yaml holds an invalid optimizer.lr: 'banana'; fix it, or restore it"),
-    ("optimizer: {lr: -1}\n", r"in its config.yaml, optimizer.lr=-1.0 is invalid: the learning rate must be > 0"),
+    ("optimizer: {lr: -1}\n", r"in its config.yaml, optimizer.lr=-1.0 is invalid: the learning rate must be a number > 0"),
 ])
 def test_resume_of_a_damaged_config_is_one_line(tiny_mnist, tmp_path, make_cfg, monkeypatch, damage, expected):
     monkeypatch.chdir(tmp_path)
@@ -222,7 +222,7 @@ def error_table_cases(tiny_mnist: Path, make_cfg, monkeypatch) -> dict[str, call
     import torch
     import torchvision.datasets.utils as tv_utils
 
-    from mnist_lab.cmdline import check_sweep
+    from mnist_lab.cmdline import check
     from mnist_lab.config import check_keys, check_launch, validate
     from mnist_lab.module import load_checkpoint as load
     from mnist_lab.predict import output_folder
@@ -274,7 +274,7 @@ def error_table_cases(tiny_mnist: Path, make_cfg, monkeypatch) -> dict[str, call
         check_launch(OmegaConf.create({"resume": RUN}), hydra)
 
     def ddp_under_multirun():
-        check_sweep(["trainer=ddp_cpu", "seed=0,1"])
+        check(["trainer=ddp_cpu", "seed=0,1"], multirun=True)
 
     def predicted():
         folder = run / "predictions" / "test"

@@ -60,7 +60,7 @@ def test_cli_bad_value_leaves_no_run_folder(tiny_mnist, tmp_path):
     result = run_cli([f"data.data_dir={tiny_mnist}", "optimizer.lr=-1", f"hydra.run.dir={tmp_path / 'run'}"],
                      cwd=tmp_path, quiet=True)
     assert result.returncode == 1
-    assert "optimizer.lr=-1.0 is invalid: the learning rate must be > 0" in result.stderr
+    assert "optimizer.lr=-1.0 is invalid: the learning rate must be a number > 0" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
 

@@ -223,7 +223,7 @@ def test_best_yaml_plots_tensorboard_and_compare(stopped_and_continued, capsys):
     (['hydra.sweeper.params={optimizer.lrr:"choice(1e-3,1e-2)"}'],
      "unknown config key 'optimizer.lrr' in 'optimizer.lrr=choice(1e-3,1e-2)': did you mean optimizer.lr?"),
     (["optimizer.lr=choice(1e-3,0,1e-2)"],
-     "search space: optimizer.lr=0.0 is invalid: the learning rate must be > 0 (the default is 1e-3)"),
+     "search space: optimizer.lr=0.0 is invalid: the learning rate must be a number > 0 (the default is 1e-3)"),
     (["optimizer.lr=choice(1e-3,1e-2)", "hydra.sweeper.storage=not_a_study.txt"],
      "not_a_study.txt is not an Optuna study journal (line 1 is no journal record): give the optuna.journal of a "
      "study as hydra.sweeper.storage, or a new hydra.sweep.dir"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -30,6 +31,9 @@ from mnist_lab.errors import ConfigError
 
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")  # conf/ beside src/: config groups, commands
 VERSION_BASE = "1.3"  # Hydra's defaults as of 1.3 (no chdir into the run folder): every @hydra.main and compose
+MAX_SEED = 2**32 - 1  # numpy's seeds, which Lightning's seed_everything passes on
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # trainer.accelerator's values in Lightning 2.x
+PRECISIONS = ("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true")  # and Lightning's own list
 SLURM_NEEDS_ACCELERATOR = ("hydra/launcher=slurm cannot tell from trainer=auto whether to ask Slurm for GPUs: "
                            "use trainer=gpu (or ddp) for GPU jobs, trainer=cpu for CPU jobs")
 
@@ -148,8 +152,9 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
-def validate(cfg: Any) -> None:
-    """Raise ConfigError naming the first key whose value cannot work. Reads no data, writes nothing."""
+def validate(cfg: Any, here: bool = True) -> None:
+    """Raise ConfigError naming the first key whose value cannot work. Reads no data, writes nothing.
+    here=False leaves out what only the machine that trains can tell (its GPUs): a Slurm job checks it there."""
     from mnist_lab.idx import train_size
     from mnist_lab.models import INITS, MODELS
     from mnist_lab.optim import OPTIMIZERS
@@ -163,8 +168,10 @@ def validate(cfg: Any) -> None:
         bad("model.init", cfg.model.init, f"choose {' or '.join(INITS)}")
     if cfg.optimizer.name not in OPTIMIZERS:
         bad("optimizer.name", cfg.optimizer.name, f"choose one of {', '.join(OPTIMIZERS)}")
-    if not cfg.optimizer.lr > 0:
-        bad("optimizer.lr", cfg.optimizer.lr, "the learning rate must be > 0 (the default is 1e-3)")
+    if not 0 < cfg.optimizer.lr < math.inf:
+        bad("optimizer.lr", cfg.optimizer.lr, "the learning rate must be a number > 0 (the default is 1e-3)")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        bad("seed", cfg.seed, f"seeds go from 0 to {MAX_SEED} (numpy's range)")
     if cfg.data.batch_size < 1:
         bad("data.batch_size", cfg.data.batch_size, "use a batch size >= 1 (the default is 128)")
     if cfg.data.eval_batch_size < 1:
@@ -179,9 +186,76 @@ def validate(cfg: Any) -> None:
         bad("trainer.max_epochs", cfg.trainer.max_epochs, "train for at least 1 epoch")
     if cfg.threads is not None and cfg.threads < 1:
         bad("threads", cfg.threads, "use >= 1 CPU threads, or null for the default")
+    for stage in ("train", "val", "test"):
+        limit = cfg.trainer.get(f"limit_{stage}_batches")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
+                                  or limit <= 0 or (isinstance(limit, float) and limit > 1)):
+            bad(f"trainer.limit_{stage}_batches", limit, "give a number of batches >= 1 or a fraction in (0, 1], "
+                                                         "or null for all")
+    check_trainer(cfg.trainer, here)
     if cfg.logger.mlflow is not None and importlib.util.find_spec("mlflow") is None:
         raise ConfigError("logger=mlflow needs MLflow, which is not installed: pip install -e '.[mlflow]' "
                           "(or choose logger=tensorboard or logger=csv)")
+
+
+def check_trainer(trainer: Any, here: bool = True) -> None:
+    """trainer.accelerator, precision and devices: what Lightning accepts, and (here=True) what this machine has."""
+    accelerator, precision, devices = str(trainer.accelerator), str(trainer.precision), trainer.devices
+    if accelerator not in ACCELERATORS:
+        raise ConfigError(f"trainer.accelerator={accelerator} is invalid: choose one of {', '.join(ACCELERATORS)} "
+                          "(or trainer=auto, cpu, gpu)")
+    if precision not in precisions():
+        raise ConfigError(f"trainer.precision={precision} is invalid: choose one of {', '.join(precisions())}")
+    devices = device_list(devices)
+    if devices is None:
+        raise ConfigError(f"trainer.devices={trainer.devices} is invalid: give a number >= 1, a list of GPU "
+                          "indices ([0,1]) or auto")
+    if not here or accelerator in ("auto", "cpu"):
+        return
+    import torch  # the machine's devices: torch is loaded by the run anyway
+
+    if accelerator == "tpu" and importlib.util.find_spec("torch_xla") is None:
+        raise ConfigError("trainer.accelerator=tpu needs torch_xla, which is not installed: use trainer=auto")
+    if accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps: this machine has no Apple GPU; use trainer=auto")
+    if accelerator in ("gpu", "cuda"):
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ConfigError(f"trainer.accelerator={accelerator}: this machine has no CUDA GPU; use trainer=cpu, or "
+                              "trainer=auto (the GPU where one is visible)")
+        wanted = devices if isinstance(devices, int) else max(devices) + 1 if isinstance(devices, list) else 1
+        if wanted > count:
+            raise ConfigError(f"trainer.devices={trainer.devices}: this machine has {count} "
+                              f"GPU{'s' if count > 1 else ''}; ask for at most {count} (indices below {count})")
+
+
+def device_list(devices: Any) -> int | list[int] | str | None:
+    """trainer.devices as Lightning reads it: a count (-1: all), a list of indices, or "auto"; None if neither."""
+    if OmegaConf.is_list(devices) or isinstance(devices, list | tuple):
+        found = list(devices)
+        return found if found and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in found) \
+            else None
+    if isinstance(devices, str):
+        if devices == "auto":
+            return devices
+        try:
+            parts = [int(d) for d in devices.split(",") if d.strip()]
+        except ValueError:
+            return None
+        return device_list(parts) if "," in devices else device_list(parts[0]) if parts else None
+    if isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1):
+        return devices
+    return None
+
+
+def precisions() -> tuple[str, ...]:
+    """The trainer.precision values Lightning accepts."""
+    try:
+        from lightning.fabric.connector import _PRECISION_INPUT
+    except ImportError:  # another Lightning: its own check will say
+        return (*PRECISIONS, "64", "32", "16", "bf16")
+    flat = [a for t in typing.get_args(_PRECISION_INPUT) for a in (typing.get_args(t) or [t])]  # Literal[...]s
+    return tuple(dict.fromkeys(str(a) for a in flat for a in (typing.get_args(a) or [a])))
 
 
 # Keys that say where a run reads and writes or how it shows itself, never what it computes: the one list.

@@ -17,6 +17,10 @@ class DataError(MnistLabError):
     """Missing or damaged MNIST files."""
 
 
+class NothingToDo(MnistLabError):
+    """The command asks for what is already done (resume= of a finished run): said in a line, exit status 0."""
+
+
 class ConfigError(MnistLabError):
     """A config value that cannot work; raised before any data is read or output written."""
 

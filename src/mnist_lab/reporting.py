@@ -14,12 +14,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 
-from mnist_lab import figures
+from mnist_lab import figures, study
 from mnist_lab.console import log
 from mnist_lab.data import MEAN, STD
 from mnist_lab.errors import ObjectiveError
 from mnist_lab.runs import RunDir
-from mnist_lab.study import current_trial, write_record
 
 
 class EpochTime(L.Callback):
@@ -155,7 +154,7 @@ class RunFigures(L.Callback):
 def study_callbacks(run_dir: Path, chosen: Mapping | None = None) -> list[L.Callback]:
     """[OptunaTrial] when this run is a trial of an Optuna study (hydra/sweeper=optuna), else []. chosen: the
     run's logger config (a pruned trial draws its history.png from what they logged)."""
-    trial = current_trial()
+    trial = study.current_trial()
     if trial is None:
         return []
     return [OptunaTrial(trial, run_dir, chosen)]
@@ -216,7 +215,7 @@ class OptunaTrial(L.Callback):
 
         if trainer.is_global_zero:
             frozen = self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
-            write_record(self.run_dir, frozen, self.link.metric)
+            study.write_record(self.run_dir, frozen, self.link.metric)
     
             for logger in trainer.loggers:
                 logger.save()  # what fit logged, for history.png
@@ -234,4 +233,4 @@ class OptunaTrial(L.Callback):
             if k.startswith("test/"):
                 self.trial.set_user_attr(k, float(v))
         frozen = self.study.tell(self.trial, best)
-        write_record(self.run_dir, frozen, self.link.metric)
+        study.write_record(self.run_dir, frozen, self.link.metric)

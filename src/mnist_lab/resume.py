@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from mnist_lab import config
 from mnist_lab.console import log
 from mnist_lab.errors import CheckpointError, ConfigError
-from mnist_lab.runs import RunDir, in_sweep, shown
+from mnist_lab.runs import RunDir, in_sweep, result_metrics, shown
 
 
 def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
@@ -39,14 +39,12 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
 
 def resumed(cfg: DictConfig) -> tuple[DictConfig, str]:
     """resume=<run>: the run's saved config, with this call's RESUME_MAY_SET values, and its last.ckpt."""
-    from mnist_lab.module import load_checkpoint  # torch: only where there is a checkpoint to check
-
     run = RunDir(Path(cfg.resume).expanduser().resolve())
     if not run.config.is_file():
-        raise ConfigError(f"resume={cfg.resume}: {run.config} not found; give the folder of a run started by "
+        raise ConfigError(f"resume={cfg.resume}: {shown(run.config)} not found; give the folder of a run started by "
                           "python -m mnist_lab.train (it holds config.yaml and checkpoints/)")
     if not run.last_ckpt.is_file():
-        raise CheckpointError(f"resume={cfg.resume}: {run.last_ckpt} not found; the run saved no checkpoint "
+        raise CheckpointError(f"resume={cfg.resume}: {shown(run.last_ckpt)} not found; the run saved no checkpoint "
                               "yet, so start it again instead")
     saved = saved_config(run, f"resume={cfg.resume}")
     for key in config.RESUME_MAY_SET:  # this call's values
@@ -57,10 +55,27 @@ def resumed(cfg: DictConfig) -> tuple[DictConfig, str]:
         config.validate(saved)  # e.g. its logger may need a package this machine lacks
     except ConfigError as err:
         raise ConfigError(f"resume={cfg.resume}: in its config.yaml, {err}") from None
+    from mnist_lab.module import load_checkpoint  # torch: once the checks that need none have passed
+
     ckpt = load_checkpoint(run.last_ckpt, model_name=saved.model.name)
     log.info(f"resuming {shown(run.path)} from {run.last_ckpt.relative_to(run.path)}, saved after step "
              f"{ckpt.get('global_step', 0)} (epoch {ckpt.get('epoch', 0) + 1})")
     return saved, str(run.last_ckpt)
+
+
+def finished(run_dir: str | os.PathLike) -> str | None:
+    """For resume= of a run that finished (its result.yaml holds its metrics): the line that says so; else None.
+    Such a run is left as it is: nothing to resume, nothing rewritten."""
+    run = RunDir(Path(run_dir).expanduser())
+    try:
+        metrics = result_metrics(run.path) if run.result.is_file() else {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None  # not a complete record: the run resumes (its checks say what is wrong)
+    tests = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
+    if not tests:
+        return None
+    return (f"{shown(run.path)} finished already ({tests}): nothing to resume, nothing changed; start a new run "
+            "to train again")
 
 
 def data_dir_given() -> bool:

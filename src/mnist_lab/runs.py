@@ -23,6 +23,7 @@ each job ended) and the run folders. No torch here: predict imports this module.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import shutil
 from collections.abc import Iterator
@@ -53,7 +54,7 @@ PROVENANCE_DIFF = "provenance.diff"
 RESULT = "result.yaml"
 SWEEP_RECORD = "multirun.yaml"  # Hydra's record of a sweep's config and overrides, in the sweep folder
 HYDRA = ".hydra"  # Hydra's record of a run's call: config.yaml, overrides.yaml, hydra.yaml
-HYDRA_RESUMED = f"{HYDRA}/resume"  # where a resume= call's record goes (hydra.output_subdir), not over the first
+HYDRA_RESUMED = f"{HYDRA}/resume"  # a resume= call's record goes to <time>/ below it, not over the first one
 
 
 class RunDir:
@@ -157,6 +158,12 @@ class RunDir:
     def untouched(self) -> bool:
         """Whether the folder holds only what a call writes before its run begins (Hydra's record, the log)."""
         return all(p.name in (HYDRA, LOG) for p in self.path.iterdir())
+
+
+def resumed_record() -> str:
+    """hydra.output_subdir for a resume= call: its own folder, .hydra/resume/<time>, so no call's record
+    replaces another's."""
+    return f"{HYDRA_RESUMED}/{datetime.datetime.now():%Y-%m-%d_%H-%M-%S-%f}"
 
 
 def find_runs(folder: str | os.PathLike) -> list[Path]:

@@ -36,10 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab import config, console, helptext  # noqa: F401  (helptext: --help's resolver)
 from mnist_lab.cmdline import prepare_argv
 from mnist_lab.console import log
-from mnist_lab.errors import ConfigError, MnistLabError
+from mnist_lab.errors import MnistLabError, NothingToDo
 from mnist_lab.idx import ensure_raw_files
-from mnist_lab.resume import continued
-from mnist_lab.runs import RunDir, shown, write_result, write_text
+from mnist_lab.resume import continued, finished
+from mnist_lab.runs import RunDir, in_sweep, result_metrics, shown, write_result, write_text
 
 
 def train(cfg: DictConfig, callbacks: Sequence = ()) -> dict[str, float]:
@@ -56,6 +56,9 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> dict[str, float]:
 
 def _train(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
     console.quiet_lightning()
+    if cfg.get("resume") and (done := finished(cfg.resume)):  # nothing to resume: the run is left as it is
+        log.info(done)
+        return {k: v for k, v in result_metrics(cfg.resume).items() if k.startswith("test/")}
     if not cfg.get("resume"):  # a resumed run's saved config is validated instead (continued)
         config.validate(cfg)  # before any data is read or output written
     cfg, ckpt_path = continued(cfg)
@@ -110,17 +113,22 @@ def main(cfg: DictConfig) -> float:
     try:
         config.check_launch(cfg)
         return train(cfg)["test/acc"]  # a float, for Hydra sweepers that optimize
-    except MnistLabError:  # e.g. a config value or a data file rejected before the run began
+    except MnistLabError as err:  # e.g. a config value or a data file rejected before the run began
         run = RunDir(cfg.output_dir)
         if run.path.is_dir() and run.untouched():  # only what Hydra wrote, and the log of the rejection
             shutil.rmtree(run.path)
-        raise
+        if in_sweep() or os.environ.get("HYDRA_FULL_ERROR"):
+            raise  # the sweep reports its jobs' errors; HYDRA_FULL_ERROR=1 shows the traceback
+        sys.exit(str(err))  # the line alone, without Hydra's lines around it (train.log keeps the cause)
 
 
 if __name__ == "__main__":
     try:
         sys.argv = prepare_argv(sys.argv)
-    except ConfigError as err:
+    except NothingToDo as done:
+        print(done)
+        sys.exit(0)
+    except MnistLabError as err:
         if os.environ.get("HYDRA_FULL_ERROR"):
             raise
         sys.exit(str(err))  # one line, before Hydra (and its error handling) starts
