@@ -23,7 +23,6 @@ mean and mean ± std over seeds per epoch (TensorBoard's Custom Scalars tab draw
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import statistics
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from mnist_lab import runs
+from mnist_lab import runs, usage
 
 RESAMPLES = 10_000  # bootstrap resamples
 LEVEL = 0.95  # confidence level of the intervals
@@ -266,7 +265,7 @@ def write_tensorboard(found: list[Run], folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = usage.Parser("compare")
     parser.add_argument("sweep", type=Path, help="a sweep folder (outputs/sweeps/<time>) or any folder of runs")
     parser.add_argument("--png", type=Path, help="where to write the curves (default: SWEEP/curves.png)")
     parser.add_argument("--tensorboard", action="store_true",

@@ -35,6 +35,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from mnist_lab import usage
 from mnist_lab.config import CONF_DIR
 from mnist_lab.data import MEAN, STD
 from mnist_lab.errors import ExportCheckError
@@ -247,4 +248,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    usage.main("export", main)

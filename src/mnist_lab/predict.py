@@ -37,7 +37,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from mnist_lab import idx
+from mnist_lab import idx, usage
 from mnist_lab.config import CONF_DIR
 from mnist_lab.errors import ConfigError, DataError, ModelError
 from mnist_lab.runs import EXPORT_FILES, RunDir, atomic_path
@@ -298,4 +298,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    usage.main("predict", main)
