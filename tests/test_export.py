@@ -43,6 +43,9 @@ def test_every_format_written_and_checked(exported, capsys):
     card = yaml.safe_load(files["yaml"].read_text())
     assert card["input"]["shape"] == ["N", 28, 28] and card["check"]["onnx"]["disagreements"] == 0
     assert card["check"]["onnx"]["max_abs_diff"] <= 1e-4
+    assert card["epoch"] == 1  # trainer.max_epochs=1: the first epoch, counted as the run's log counts it
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files.values()}
+    assert len(set(modes.values())) == 1, modes  # weights.safetensors as readable as the others
 
 
 def test_graphs_take_raw_pixels_and_return_probabilities(exported):
