@@ -75,4 +75,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    usage.main("activations", main)
+    usage.start("activations", main)

@@ -103,4 +103,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    usage.main("explore", main)
+    usage.start("explore", main)

@@ -251,4 +251,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    usage.main("export", main)
+    usage.start("export", main)

@@ -298,4 +298,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    usage.main("predict", main)
+    usage.start("predict", main)

@@ -69,11 +69,11 @@ def help_text(*, _root_: Any) -> str:
     command = str(_root_.hydra.job.name)
     rows = []
     for key, (_, comment) in yaml_keys(Path(CONF_DIR) / f"{command}.yaml").items():
-        if OmegaConf.is_missing(OmegaConf.select(_root_, key.rpartition(".")[0]) or _root_, key.rpartition(".")[2]):
+        section, _, leaf = key.rpartition(".")
+        if OmegaConf.is_missing(OmegaConf.select(_root_, section) if section else _root_, leaf):
             rows.append((key, "(required)", comment))
-            continue
-        value = OmegaConf.select(_root_, key)  # resolved: ${oc.env:...} shows what this shell gives
-        rows.append((key, shown(value), comment))
+        else:  # resolved: ${oc.env:...} shows what this shell gives
+            rows.append((key, shown(OmegaConf.select(_root_, key)), comment))
     width = max(len(k) for k, _, _ in rows) + 2
     lines = [f"python -m mnist_lab.{command} [key=value ...]", "", docstring(command), "",
              "Keys (key=value; the value in this composition, then what it means):"]
@@ -109,7 +109,7 @@ def check_required(command: str, argv: list[str]) -> None:
             raise ConfigError(f"python -m mnist_lab.{command} needs {key}=: {comment}; e.g. {example(command, key)}")
 
 
-def main(command: str, run: Any) -> None:
+def start(command: str, run: Any) -> None:
     """The `if __name__ == "__main__":` of a key=value command: check_required, one line on error, then Hydra."""
     import os
 
