@@ -1,5 +1,6 @@
-# make train   install into .venv (first time), then train the default model: ARGS="model=convnet ..."
-# make test    install into .venv (first time), then run the tests
+# make train   install into .venv (first time: training, export and predict, no MLflow), then train the default
+#              model: ARGS="model=convnet ..."
+# make test    install into .venv (first time: everything, the [mlflow] extra, pytest and ruff too), then run the tests
 # make gpu-check DATA=<folder holding MNIST/raw/>   on a machine with one GPU: GPU tests and GPU bench rows
 PYTHON ?= python3
 VENV   ?= .venv
@@ -15,7 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
-train: $(VENV)/.installed
+# what `make train` needs: the package with its export extra (export=true, mnist_lab.export, predict); a .venv
+# that `make test` installed holds it already
+$(VENV)/.installed-train: pyproject.toml
+	if [ ! $(VENV)/.installed -nt pyproject.toml ]; then \
+		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[export]'; \
+	fi
+	touch $@
+
+train: $(VENV)/.installed-train
 	$(PY) -m mnist_lab.train $(ARGS)
 
 test: $(VENV)/.installed

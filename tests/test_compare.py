@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import statistics
 import warnings
 from pathlib import Path
@@ -63,3 +64,56 @@ def test_runs_without_validation_draw_their_training_accuracy(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         compare.plot_curves([compare.Run(Path("x"), "mlp", 0, 0, [], [], None, None)], tmp_path / "empty.png")
+
+
+def write_run(folder: Path, model: str, seed: int, test_acc: float) -> None:
+    """A run folder as compare reads it: config.yaml, Hydra's overrides, a metrics.csv (logger=csv)."""
+    import yaml
+
+    (folder / ".hydra").mkdir(parents=True)
+    config = {"model": {"name": model, "init": "torch"}, "seed": seed, "logger": {"csv": {}}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"model={model}", f"seed={seed}"]))
+    (folder / "metrics.csv").write_text(f"epoch,step,val/acc,test/acc\n0,10,{test_acc - 0.001},\n0,10,,{test_acc}\n")
+
+
+def two_sweeps(root: Path) -> Path:
+    """outputs/sweeps/ holding sweep a (seeds 0-2) and sweep b (seeds 1-5) of mlp and convnet: seeds 1, 2 in both."""
+    sweeps = root / "sweeps"
+    for name, seeds in (("a", range(3)), ("b", range(1, 6))):
+        (sweeps / name).mkdir(parents=True)
+        (sweeps / name / "multirun.yaml").write_text("hydra: {}\n")
+        for i, seed in enumerate(seeds):
+            write_run(sweeps / name / f"{2 * i}_mlp_seed:{seed}", "mlp", seed, 0.970 + 0.001 * seed)
+            write_run(sweeps / name / f"{2 * i + 1}_convnet_seed:{seed}", "convnet", seed,
+                      0.985 + 0.001 * seed + (0.002 if name == "b" else 0.0))
+    return sweeps
+
+
+def test_several_sweeps_only_when_asked_and_a_seed_counts_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    sweeps = two_sweeps(tmp_path)
+    assert compare.main([str(sweeps)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("sweeps holds the runs of 2 sweeps (a, b): compare one sweep folder, or add --pool to compare "
+                   "them together")
+    assert not (sweeps / "compare.md").exists()
+
+    assert compare.main([str(sweeps), "--pool"]) == 0
+    out = capsys.readouterr().out
+    mlp = next(line for line in out.splitlines() if line.startswith("| mlp |"))
+    assert mlp.split(" | ")[2] == "6"  # seeds 0-5, not 8 runs
+    repeated = [line for line in out.splitlines() if line.startswith("- mlp: ") or line.startswith("- convnet: ")]
+    assert repeated[0] == ("- mlp: seeds 1, 2 in 4 runs (a/2_mlp_seed:1, b/0_mlp_seed:1, a/4_mlp_seed:2, "
+                           "b/2_mlp_seed:2); each seed counted once, the mean of its runs")
+    rows = list(csv.DictReader((sweeps / "compare.csv").open()))
+    convnet = next(r for r in rows if r["variant"] == "convnet" and r["metric"] == "test/acc")
+    assert convnet["n"] == "6" and convnet["seeds"] == "0 1 2 3 4 5"
+    assert [float(v) for v in convnet["values"].split()][1] == pytest.approx(0.985 + 0.001 + 0.001)  # (a + b) / 2
+    pair = next(r for r in rows if r["metric"] == "test/acc paired difference")
+    assert pair["n"] == "6" and pair["seeds"] == "0 1 2 3 4 5"
+    assert "6 seeds: convnet is better" in out
+
+    assert compare.main([str(sweeps / "a")]) == 0  # one sweep, 3 seeds: an interval, no verdict
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("- convnet - mlp"))
+    assert line.endswith("; 3 seeds: too few for a verdict (at least 5)") and "95% CI [" in line

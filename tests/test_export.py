@@ -40,6 +40,9 @@ def test_every_format_written_and_checked(exported, capsys):
     card = yaml.safe_load(files["yaml"].read_text())
     assert card["input"]["shape"] == ["N", 28, 28] and card["check"]["onnx"]["disagreements"] == 0
     assert card["check"]["onnx"]["max_abs_diff"] <= 1e-4
+    assert card["epoch"] == 1  # trainer.max_epochs=1: the first epoch, counted as the run's log counts it
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in files.values()}
+    assert len(set(modes.values())) == 1, modes  # weights.safetensors as readable as the others
 
 
 def test_graphs_take_raw_pixels_and_return_probabilities(exported):
@@ -132,10 +135,15 @@ def test_predict_folder_with_bad_files(exported, tmp_path, caplog):
     Image.fromarray(glyphs(1, seed=0)[0][0]).save(folder / "a_ok.png")
     Image.fromarray(np.full((56, 40), 255, np.uint8)).save(folder / "b_big_white.png")
     (folder / "c_broken.png").write_bytes(b"not an image at all")
+    np.save(folder / "d_array.npy", np.zeros((1, 28, 28), np.uint8))
+    (folder / "e_notes.txt").write_text("not a digit")
+    (folder / ".hidden.png").write_bytes(b"")
     with caplog.at_level("INFO"):
         result = predict(str(exported), source=str(folder), out=str(tmp_path / "out"))
     assert (result["n"], result["skipped"]) == (1, 2)
     log = caplog.text
+    skipped = [line for line in log.splitlines() if "skipped 2 other files" in line]
+    assert len(skipped) == 1 and skipped[0].endswith(": d_array.npy, e_notes.txt; predict a .npy as source=<file>.npy")
     assert "a_ok.png: already MNIST-like: unchanged" in log
     assert "b_big_white.png: not predicted, blank: no digit found" in log
     assert "c_broken.png: not predicted, cannot read it as an image" in log

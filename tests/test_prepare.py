@@ -18,7 +18,7 @@ from mnist_lab.errors import ConfigError
 from mnist_lab.export import export
 from mnist_lab.idx import read_idx
 from mnist_lab.predict import predict, report
-from mnist_lab.prepare import SIDE, centre_of_mass, connected, prepare, prepare_file
+from mnist_lab.prepare import SIDE, centre_of_mass, connected, prepare, prepare_file, read_reduced
 from mnist_lab.train import train
 from tests.conftest import make_glyph_mnist, tiny_overrides
 from tests.rerender import glyphs, rerender, write_rerendered
@@ -111,6 +111,47 @@ def test_sixteen_bit_and_transparent_images_are_read(tmp_path):
     assert np.array_equal(ink.pixels, digit)
 
 
+def test_large_images_are_reduced_before_they_become_float(tmp_path):
+    digit = glyphs(1, seed=11)[0][0]
+    scan = rerender(digit, np.random.default_rng(4))  # dark on grey paper
+    big = scan.resize((scan.width * 25, scan.height * 25), Image.Resampling.BILINEAR)  # over 2 * MAX_SIDE
+    # in bands of rows, exactly Pillow's own reduce of the whole image; a 1-bit image read as grey levels
+    assert np.array_equal(np.asarray(read_reduced(big, 1024)), np.asarray(big.reduce(big.width // 1024)))
+    ink = big.point(lambda v: 255 if v > 128 else 0).convert("1")
+    assert np.array_equal(np.asarray(read_reduced(ink, 1024)), np.asarray(ink.convert("L").reduce(ink.width // 1024)))
+    ink.save(tmp_path / "ink.png")
+    read = prepare_file(tmp_path / "ink.png")
+    direct = prepare(np.asarray(ink.convert("L")))  # the whole image as floats, as before
+    assert read.steps[:2] == [f"{ink.width}x{ink.height}", "reduced to 1024x" + direct.steps[0].split("x")[-1]]
+    assert read.problem is None and box_side(read.pixels) == box_side(direct.pixels)
+    assert np.abs(read.pixels.astype(int) - direct.pixels).mean() < 3  # grey levels of 255
+
+
+def test_pillows_pixel_limit_is_no_warning_and_twice_it_is_named(tmp_path, monkeypatch, recwarn):
+    import mnist_lab.predict as predict_module
+
+    digit = glyphs(1, seed=12)[0][0]
+    Image.fromarray(255 - digit).resize((1200, 1200)).save(tmp_path / "a_big.png")
+    Image.fromarray(255 - digit).resize((1500, 1500)).save(tmp_path / "b_bigger.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000_000)  # Pillow warns over 1.0M pixels, refuses over 2.0M
+    images, notes = predict_module.load_images([tmp_path / "a_big.png", tmp_path / "b_bigger.png"])
+    assert images[0] is not None and notes[0].startswith("1200x1200, reduced to 1024x1024")
+    assert images[1] is None and notes[1] == ("not predicted: too large to read: over 2,000,000 pixels "
+                                              "(Pillow's guard against decompression bombs); scale it down first")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_an_animated_image_is_predicted_by_its_first_frame(tmp_path):
+    a, b = glyphs(2, seed=13)[0]
+    frames = [Image.fromarray(255 - d).resize((84, 84)) for d in (a, b, a)]
+    frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    frames[0].save(tmp_path / "first.gif")
+    moving, first = prepare_file(tmp_path / "moving.gif"), prepare_file(tmp_path / "first.gif")
+    assert moving.problem == ("3 frames (animated or several pages): predicted the first; "
+                              "save each as an image of its own")
+    assert first.problem is None and np.array_equal(moving.pixels, first.pixels)
+
+
 def test_prepare_needs_only_numpy_and_pillow():
     import ast
     from pathlib import Path
@@ -120,7 +161,7 @@ def test_prepare_needs_only_numpy_and_pillow():
     tree = ast.parse(Path(mnist_lab.prepare.__file__).read_text())
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert imported == {"__future__", "os", "dataclasses", "numpy", "PIL"}  # a file a user may copy
+    assert imported == {"__future__", "os", "warnings", "dataclasses", "numpy", "PIL"}  # a file a user may copy
 
 
 # --- predict on them ---------------------------------------------------------------------------------

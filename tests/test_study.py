@@ -249,3 +249,18 @@ def test_a_folder_holding_another_study_is_refused(stopped_and_continued, tiny_m
         f"{sweep / study.JOURNAL} holds study 'mnist_lab' of maximize val/acc over optimizer.lr, not this one: run "
         "it with its own search space, or give a new hydra.sweep.dir")
     assert len(load(sweep / study.JOURNAL).trials) == trials
+
+
+def test_plots_say_in_one_line_of_ours_what_optuna_would_warn(tmp_path, capfd, caplog):
+    s = optuna.create_study(direction="maximize")
+    s.tell(s.ask({"optimizer.lr": FloatDistribution(1e-5, 1.0, log=True)}), state=TrialState.FAIL)
+    with caplog.at_level("INFO", logger="mnist_lab"):
+        study.plot_study(s, tmp_path, "val/acc")  # no trial finished
+        assert "[W " not in capfd.readouterr().err and not list(tmp_path.iterdir())
+        assert "no plots yet: no trial finished or was pruned" in caplog.text
+        s.tell(s.ask({"optimizer.lr": FloatDistribution(1e-5, 1.0, log=True)}), 0.9)  # one finished: some plots
+        study.plot_study(s, tmp_path, "val/acc")
+    assert "[W " not in capfd.readouterr().err
+    assert (tmp_path / "optimization_history.png").is_file()
+    assert "no intermediate_values.png yet: " in caplog.text  # Optuna's reason, as our line
+    assert not (tmp_path / "intermediate_values.png").exists()

@@ -14,6 +14,7 @@ Parts, by role (one line each; a module's docstring says more):
   configuration
     config       the typed config schema, every check of a config, the run-invariant keys, compose()
     helptext     train --help: groups, choices, every key's value and meaning from config's comments
+    usage        the other commands' --help, and their one line for a missing argument
     cmdline      train's command line, checked and reordered before Hydra reads it
   data
     idx          the four MNIST files: their names, checks, checksums and reading (numpy only)

@@ -15,6 +15,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from mnist_lab import usage
 from mnist_lab.config import CONF_DIR, VERSION_BASE
 from mnist_lab.errors import CheckpointError
 from mnist_lab.runs import RunDir, resolve_checkpoint
@@ -74,4 +75,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    usage.start("activations", main)

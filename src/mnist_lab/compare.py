@@ -3,17 +3,22 @@
     python -m mnist_lab.train -m model=mlp,convnet seed=0,1,2,3,4    # writes outputs/sweeps/<time>/
     python -m mnist_lab.compare outputs/sweeps/<time>                 # prints the table, writes the files below
     python -m mnist_lab.compare outputs/sweeps/<time> --tensorboard   # also mean ± std curves for TensorBoard
+    python -m mnist_lab.compare outputs/sweeps --pool                 # the runs of several sweeps together
 
 Reads each run's logged scalars back with mnist_lab.loggers.read_scalars. A variant is a run's model
 plus its overrides other than the seed and the keys its sweep left out of the run folders' names
-(hydra.job.config.override_dirname.exclude_keys); a variant's runs with different seeds are its samples.
+(hydra.job.config.override_dirname.exclude_keys); a variant's runs with different seeds are its samples, and
+a seed counts once: runs of one variant with the same seed (the same sweep run twice, pooled) are named and
+their values averaged into that seed's one sample. A folder holding the runs of several sweeps is compared
+only with --pool (without it compare says so and stops): each sweep is its own experiment.
 
 For every variant: best val accuracy and test accuracy as mean ± sample std, the test accuracy's 95%
 bootstrap confidence interval for the mean over seeds (percentile bootstrap, 10,000 resamples, seeded), and
 seconds per training epoch (median of each run's epochs). For every two variants that share seeds: the
 paired difference in test accuracy, seed by seed, with its 95% bootstrap interval and a verdict (whether
-the interval excludes 0). With few seeds a bootstrap interval is narrower than the truth (5 seeds can
-only resample 5 values): read it as a lower bound on the uncertainty.
+the interval excludes 0), given from MIN_SEEDS shared seeds on: with fewer, the percentile bootstrap names a
+winner where there is none too often (README, "Comparing runs"). With few seeds a bootstrap interval is
+narrower than the truth (5 seeds can only resample 5 values): read it as a lower bound on the uncertainty.
 
 Writes into the sweep folder: compare.md (what is printed), compare.csv (one row per variant or pair and
 metric), curves.png (each run's validation accuracy per epoch, one colour a variant; training accuracy
@@ -23,7 +28,6 @@ mean and mean ± std over seeds per epoch (TensorBoard's Custom Scalars tab draw
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import statistics
@@ -35,12 +39,14 @@ import numpy as np
 import yaml
 from torch.utils.tensorboard import SummaryWriter
 
-from mnist_lab import drawing, runs
+from mnist_lab import drawing, runs, usage
 from mnist_lab.config import chosen_loggers, override_key
 from mnist_lab.loggers import read_scalars
 from mnist_lab.models import build_model
 
 RESAMPLES = 10_000  # bootstrap resamples
+MIN_SEEDS = 5  # shared seeds for a verdict: with fewer, 1 pair in 5 or more that do not differ gets one
+# (scripts/bench_compare.py; at 5 still 1 in 6, at 10 1 in 10: the percentile bootstrap is narrow at small n)
 LEVEL = 0.95  # confidence level of the intervals
 TB_FOLDER = "compare_tb"  # --tensorboard's runs, in the sweep folder
 
@@ -55,6 +61,27 @@ class Run:
     train_acc: list[float]  # per epoch
     test_acc: float | None
     epoch_s: float | None
+
+
+def sweeps_of(paths: list[Path], folder: Path) -> dict[Path | None, list[Path]]:
+    """The run folders grouped by the sweep folder (holding Hydra's multirun.yaml) each lies in, up to `folder`;
+    None for runs of no sweep."""
+    groups: dict[Path | None, list[Path]] = {}
+    top = folder.resolve()
+    for path in paths:
+        parents = [p for p in path.resolve().parents if p == top or top in p.parents]
+        groups.setdefault(next((p for p in parents if (p / runs.SWEEP_RECORD).is_file()), None), []).append(path)
+    return groups
+
+
+def several_sweeps(groups: dict[Path | None, list[Path]], folder: Path) -> str:
+    """compare's one line where `folder` holds the runs of several sweeps (or of sweeps and single runs)."""
+    top = folder.resolve()
+    names = [str(p.relative_to(top)) if p is not None and p != top else "single runs" if p is None else p.name
+             for p in groups]
+    more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+    return (f"{runs.shown(folder)} holds the runs of {len(names)} sweeps ({', '.join(names[:3])}{more}): compare one "
+            "sweep folder, or add --pool to compare them together")
 
 
 def read_run(path: Path) -> Run:
@@ -136,7 +163,9 @@ class Paired:
         if d.ci is None:
             return f"{head}; {d.n} seed: too few for an interval"
         low, high = d.ci
-        if low > 0:
+        if d.n < MIN_SEEDS:
+            word = f"too few for a verdict (at least {MIN_SEEDS})"
+        elif low > 0:
             word = f"{self.b} is better"
         elif high < 0:
             word = f"{self.a} is better"
@@ -152,10 +181,44 @@ def by_variant(found: list[Run]) -> dict[str, list[Run]]:
     return variants
 
 
+def per_seed(rs: list[Run], pick) -> list[tuple[int | None, float]]:
+    """(seed, value) of one variant's runs where `pick` gives a value: a seed of several runs once, with the mean
+    of their values (a run without a seed is a sample of its own)."""
+    seeds: dict[int | None, list[float]] = {}
+    alone = []
+    for r in rs:
+        value = pick(r)
+        if value is None:
+            continue
+        if r.seed is None:
+            alone.append((None, value))
+        else:
+            seeds.setdefault(r.seed, []).append(value)
+    return [(seed, statistics.mean(values)) for seed, values in seeds.items()] + alone
+
+
+def repeated_seeds(found: list[Run], folder: Path | None = None) -> list[str]:
+    """A line per variant whose runs share a seed, naming the seeds and the runs."""
+    lines = []
+    for name, rs in by_variant(found).items():
+        seeds: dict[int, list[Run]] = {}
+        for r in rs:
+            if r.seed is not None:
+                seeds.setdefault(r.seed, []).append(r)
+        repeated = {seed: group for seed, group in seeds.items() if len(group) > 1}
+        if repeated:
+            where = [str(r.path.relative_to(folder) if folder and r.path.is_relative_to(folder) else r.path)
+                     for group in repeated.values() for r in group]
+            shown = ", ".join(where[:4]) + (f" and {len(where) - 4} more" if len(where) > 4 else "")
+            lines.append(f"{name}: seed{'s' if len(repeated) > 1 else ''} {', '.join(map(str, repeated))} in "
+                         f"{len(where)} runs ({shown}); each seed counted once, the mean of its runs")
+    return lines
+
+
 def paired(found: list[Run]) -> list[Paired]:
     """Every two variants (in table order) with at least 2 seeds in common: b - a over the shared seeds."""
     variants = by_variant(found)
-    tests = {name: {r.seed: r.test_acc for r in rs if r.test_acc is not None and r.seed is not None}
+    tests = {name: {s: v for s, v in per_seed(rs, lambda r: r.test_acc) if s is not None}
              for name, rs in variants.items()}
     pairs = []
     names = list(variants)
@@ -171,16 +234,20 @@ def interval(ci: tuple[float, float] | None, digits: int = 4) -> str:
     return f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "-"
 
 
-def table(found: list[Run]) -> str:
+def table(found: list[Run], folder: Path | None = None) -> str:
     """The Markdown table, one row per variant, and below it the paired differences."""
-    lines = [f"| variant | parameters | runs | best val acc | test acc | test acc {LEVEL:.0%} CI | s / epoch |",
+    lines = [f"| variant | parameters | seeds | best val acc | test acc | test acc {LEVEL:.0%} CI | s / epoch |",
              "|-|-|-|-|-|-|-|"]
     for name, rs in by_variant(found).items():
-        best = [max(r.val_acc) for r in rs if r.val_acc]
-        test = [r.test_acc for r in rs if r.test_acc is not None]
-        secs = [r.epoch_s for r in rs if r.epoch_s is not None]
-        lines.append(f"| {name} | {rs[0].params:,} | {len(rs)} | {mean_std(best)} | {mean_std(test)} | "
-                     f"{interval(bootstrap_ci(test))} | {mean_std(secs, 2)} |")
+        best = [v for _, v in per_seed(rs, lambda r: max(r.val_acc) if r.val_acc else None)]
+        test = [v for _, v in per_seed(rs, lambda r: r.test_acc)]
+        secs = [v for _, v in per_seed(rs, lambda r: r.epoch_s)]
+        seeds = len(per_seed(rs, lambda r: 0))  # each seed once, and each run without one
+        lines.append(f"| {name} | {rs[0].params:,} | {seeds} | {mean_std(best)} | "
+                     f"{mean_std(test)} | {interval(bootstrap_ci(test))} | {mean_std(secs, 2)} |")
+    repeated = repeated_seeds(found, folder)
+    if repeated:
+        lines += ["", "Seeds run more than once:", ""] + [f"- {line}" for line in repeated]
     pairs = paired(found)
     if pairs:
         lines += ["", f"Paired differences over shared seeds ({LEVEL:.0%} percentile bootstrap, "
@@ -201,7 +268,7 @@ def rows(found: list[Run]) -> list[dict]:
     for name, rs in by_variant(found).items():
         for metric, pick in (("best val/acc", lambda r: max(r.val_acc) if r.val_acc else None),
                              ("test/acc", lambda r: r.test_acc), ("time/epoch_s", lambda r: r.epoch_s)):
-            chosen = [(r.seed, pick(r)) for r in rs if pick(r) is not None]
+            chosen = per_seed(rs, pick)
             out.append(row(name, metric, stats([v for _, v in chosen]), [s for s, _ in chosen]))
     for p in paired(found):
         out.append(row(f"{p.b} - {p.a}", "test/acc paired difference", p.diff, p.seeds))
@@ -252,19 +319,25 @@ def write_tensorboard(found: list[Run], folder: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = usage.Parser("compare")
     parser.add_argument("sweep", type=Path, help="a sweep folder (outputs/sweeps/<time>) or any folder of runs")
     parser.add_argument("--png", type=Path, help="where to write the curves (default: SWEEP/curves.png)")
     parser.add_argument("--tensorboard", action="store_true",
                         help=f"also write mean ± std curves per variant as TensorBoard runs in SWEEP/{TB_FOLDER}/")
+    parser.add_argument("--pool", action="store_true", help="compare the runs of several sweeps under SWEEP "
+                        "together (without it, such a folder is refused); a seed still counts once per variant")
     args = parser.parse_args(argv)
     paths = runs.find_runs(args.sweep)
     if not paths:
         print(f"no runs under {args.sweep} (no folder with a {runs.CONFIG}): give a folder written by "
               "python -m mnist_lab.train -m", file=sys.stderr)
         return 1
+    groups = sweeps_of(paths, args.sweep)
+    if len(groups) > 1 and not args.pool:
+        print(several_sweeps(groups, args.sweep), file=sys.stderr)
+        return 1
     found = [read_run(p) for p in paths]
-    text = table(found)
+    text = table(found, args.sweep)
     print(text)
     md = runs.write_text(args.sweep / "compare.md", text + "\n")
     csv_path = write_csv(found, args.sweep / "compare.csv")

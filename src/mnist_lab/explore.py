@@ -17,6 +17,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from mnist_lab import usage
 from mnist_lab.config import CONF_DIR, VERSION_BASE
 from mnist_lab.runs import write_text
 
@@ -102,4 +103,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    usage.start("explore", main)

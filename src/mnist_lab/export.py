@@ -35,6 +35,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from mnist_lab import usage
 from mnist_lab.config import CONF_DIR, VERSION_BASE
 from mnist_lab.data import MEAN, STD
 from mnist_lab.errors import ExportCheckError
@@ -127,6 +128,9 @@ def write_formats(model: nn.Module, net: nn.Module, formats, folder: Path) -> di
 
         files["weights"] = folder / EXPORT_FILES["weights"]
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(files["weights"]))
+        umask = os.umask(0)
+        os.umask(umask)
+        files["weights"].chmod(0o666 & ~umask)  # safetensors writes 0600; readable like the other files
     return files
 
 
@@ -228,7 +232,7 @@ def model_card(net: nn.Module, ckpt_path: Path, ckpt: dict, files: dict, results
         "preprocessing_inside": f"x / 255, then (x - {MEAN}) / {STD}; reshaped to {list(net.input_shape)}"
         if normalizes(ckpt) else f"x / 255; reshaped to {list(net.input_shape)}",
         "checkpoint": str(ckpt_path),
-        "epoch": ckpt.get("epoch"),
+        "epoch": None if ckpt.get("epoch") is None else ckpt["epoch"] + 1,  # counted from 1, as the run's log does
         "files": {k: v.name for k, v in files.items()},
         "check": results or "not run",
         "torch": str(torch.__version__),
@@ -247,4 +251,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    usage.start("export", main)

@@ -1,5 +1,9 @@
 """A finished run's figures, drawn from plain arrays: in the run's own process, or beside a sweep.
 
+    python -m mnist_lab.figures outputs/runs/<time>          # draw a run's figures again
+    python -m mnist_lab.figures outputs/sweeps/<time> ...    # every finished run under these folders
+
+Writes, for each run (one whose test_outputs.npz the test left in its folder):
     history.png, confusion_matrix.png, per_class.png, mistakes.png   in the run folder
     test/predictions, test/confusion_matrix                          images in the run's loggers
 
@@ -26,6 +30,7 @@ import numpy as np
 import yaml
 from hydra.core.hydra_config import HydraConfig
 
+from mnist_lab import usage
 from mnist_lab.config import chosen_loggers
 from mnist_lab.runs import RunDir, atomic_path, find_runs, in_sweep
 
@@ -120,10 +125,10 @@ def keep_payload(payload: Mapping[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """python -m mnist_lab.figures RUN_OR_SWEEP...: draw the figures of finished runs again."""
-    folders = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
-    if not folders:
-        print("usage: python -m mnist_lab.figures <run or sweep folder>...", file=sys.stderr)
-        return 2
+    parser = usage.Parser("figures")
+    parser.add_argument("folders", nargs="+", type=Path, metavar="RUN_OR_SWEEP",
+                        help="run folders, or folders holding runs (a sweep): each finished run's figures are drawn")
+    folders = parser.parse_args(argv).folders
     runs = sorted({run for f in folders for run in find_runs(f)})
     drawn = 0
     for run in runs:

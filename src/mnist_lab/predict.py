@@ -19,8 +19,11 @@ Images are prepared as MNIST's digits were (mnist_lab.prepare: inverted to white
 needed, background noise removed, the digit cropped, fitted to 20x20 and centred by mass in 28x28);
 each file's line in the log says what was done. Already MNIST-like images pass unchanged. A blank,
 too small or unreadable file is named and not predicted, an image of several separate blobs is
-named and its largest blob predicted; the others are still predicted. Arrays (.npy) are taken as
-prepared model inputs.
+named and its largest blob predicted, an animated image (or a multi-page TIFF) is predicted by its first
+frame and named; the others are still predicted. A folder's files that are not images (by suffix) are
+named in one line and left out. Images of more than 2048 pixels a side are reduced while read (see
+mnist_lab.prepare.read_reduced): a 13300x13300 scan costs a few hundred MB, not gigabytes
+(scripts/bench_predict.py --memory). Arrays (.npy) are taken as prepared model inputs.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from mnist_lab import idx
+from mnist_lab import idx, usage
 from mnist_lab.config import CONF_DIR, VERSION_BASE
 from mnist_lab.errors import ConfigError, DataError, ModelError
 from mnist_lab.runs import EXPORT_FILES, RunDir, atomic_path
@@ -77,12 +80,25 @@ def load_test_set(data_dir: str, where: str = "") -> tuple[list[str], np.ndarray
 
 
 def image_files(src: Path) -> list[Path]:
+    """The image files of a folder (or the one file), by suffix; the folder's other files are named in the log."""
     if src.is_file():
         return [src]
-    files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    visible = sorted(p for p in src.iterdir() if not p.name.startswith("."))
+    files = [p for p in visible if p.suffix.lower() in IMAGE_SUFFIXES]
+    others = [p.name + ("/" if p.is_dir() else "") for p in visible if p.suffix.lower() not in IMAGE_SUFFIXES]
     if not files:
         raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {src}: give a folder of digit images")
+    if others:
+        log.warning(f"skipped {plural(len(others), 'other file')} (not {'/'.join(s[1:] for s in IMAGE_SUFFIXES)}): "
+                    f"{listed(others)}" + ("; predict a .npy as source=<file>.npy" if any(
+                        o.endswith(".npy") for o in others) else ""))
     return files
+
+
+def listed(names: list[str], most: int = 5) -> str:
+    """'a.npy, b.txt' or, for many, the first `most` and how many more."""
+    more = f" and {len(names) - most:,} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more
 
 
 def load_images(files: list[Path]) -> tuple[list[np.ndarray | None], list[str]]:
@@ -99,6 +115,9 @@ def load_images(files: list[Path]) -> tuple[list[np.ndarray | None], list[str]]:
             prepared = prepare_file(path)
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
             reason = f"cannot read it as an image ({str(err).splitlines()[0]})"
+            if isinstance(err, Image.DecompressionBombError):
+                reason = (f"too large to read: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's guard against "
+                          "decompression bombs); scale it down first")
             log.error(f"{path.name}: not predicted, {reason}")
             images.append(None)
             notes.append(f"not predicted: {reason}")
@@ -201,13 +220,10 @@ def write_grid(path: Path, images: np.ndarray, probs: np.ndarray, labels: np.nda
 
 def thumbnail(path: Path, side: int = 112) -> np.ndarray:
     """The file's grey levels, as read, reduced to fit side x side."""
-    from PIL import Image, ImageOps
+    from mnist_lab.prepare import open_image, read_reduced, resize, to_gray
 
-    from mnist_lab.prepare import resize, to_gray
-
-    with Image.open(path) as image:
-        image.draft("L", (side, side))
-        gray, _ = to_gray(ImageOps.exif_transpose(image))
+    with open_image(path) as image:
+        gray, _ = to_gray(read_reduced(image, side))
     scale = min(1.0, side / max(gray.shape))
     return resize(gray, (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale))))
 
@@ -282,4 +298,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    usage.start("predict", main)

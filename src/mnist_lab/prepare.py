@@ -12,7 +12,9 @@ any size, polarity or background:
     digit.steps     # what was done, e.g. ['120x160', 'inverted (dark digit on a light background)', ...]
     digit.problem   # why it was not predicted (blank, too small) or what to check (several blobs)
 
-Steps: 16-bit and float images scaled to 0-255, transparency filled; images over MAX_SIDE reduced;
+Steps: images over twice MAX_SIDE reduced while read (read_reduced: whole-pixel boxes averaged, so no
+float copy of a huge image is made), an animated image's first frame taken;
+16-bit and float images scaled to 0-255, transparency filled; images over MAX_SIDE reduced;
 the background (the median of the image's border) and the digit's polarity found, a dark digit on a
 light background inverted; a contrast stretch from the background's noise floor to the stroke
 level (so a grey, noisy or JPEG background becomes black); the digit's parts found as connected
@@ -24,6 +26,7 @@ mass within a pixel: every MNIST image is) passes unchanged, or only inverted.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,16 +52,49 @@ class Prepared:
 def prepare_file(path: str | os.PathLike) -> Prepared:
     """Read an image file (any format Pillow reads) and prepare it. An unreadable file raises OSError
     (Pillow's UnidentifiedImageError), one beyond Pillow's pixel limit DecompressionBombError."""
-    with Image.open(path) as image:
+    with open_image(path) as image:
         w, h = image.size
         steps = [f"{w}x{h}"] if (w, h) != (SIDE, SIDE) else []
-        if image.format == "JPEG" and max(w, h) > 2 * MAX_SIDE:
-            image.draft("L", (w * MAX_SIDE // max(w, h), h * MAX_SIDE // max(w, h)))  # decode at 1/2-1/8 scale
-        image = ImageOps.exif_transpose(image)  # a phone photo's orientation
-        gray, read = to_gray(image)
+        frames = getattr(image, "n_frames", 1)
+        gray, read = to_gray(read_reduced(image, MAX_SIDE))
     prepared = prepare(gray)
     prepared.steps[:0] = steps + read
+    if frames > 1:  # an animated GIF or PNG, a multi-page TIFF
+        several = f"{frames} frames (animated or several pages): predicted the first; save each as an image of its own"
+        prepared.problem = f"{prepared.problem}; {several}" if prepared.problem else several
     return prepared
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Image.open without Pillow's DecompressionBombWarning: an image between Pillow's limit and twice it is read
+    (in bounded memory, see read_reduced); beyond twice it Pillow raises DecompressionBombError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
+def read_reduced(image: Image.Image, max_side: int) -> Image.Image:
+    """An opened image's first frame, turned as its EXIF orientation says, reduced by a whole factor to under
+    2 * max_side where it is larger: a JPEG decoded at 1/2-1/8 scale, anything else averaged over boxes of
+    pixels in bands of rows, so memory holds the decoded file and one band, never a float copy of it all.
+    prepare() then fits the result to max_side as it does any image."""
+    w, h = image.size
+    if image.format == "JPEG" and max(w, h) > 2 * max_side:
+        image.draft("L", (w * max_side // max(w, h), h * max_side // max(w, h)))  # decode at 1/2-1/8 scale
+    ImageOps.exif_transpose(image, in_place=True)  # a phone photo's orientation; no copy where there is none
+    factor = max(image.size) // max_side
+    if factor < 2:
+        return image
+    # Modes to_gray reads the same way (grey levels, transparency, 16-bit values) that Image.reduce accepts
+    transparent = image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+    mode = "LA" if transparent else "I" if image.mode.startswith("I") else "F" if image.mode == "F" else "L"
+    w, h = image.size
+    out = Image.new(mode, (-(-w // factor), -(-h // factor)))
+    band = factor * max(1, 2**22 // (w * factor))  # rows per band: a whole number of boxes, about 4M pixels
+    for top in range(0, h, band):
+        piece = image.crop((0, top, w, min(top + band, h)))
+        out.paste((piece if piece.mode == mode else piece.convert(mode)).reduce(factor), (0, top // factor))
+    return out.convert("I;16") if image.mode.startswith("I;16") else out  # read as 16-bit, as the file is
 
 
 def prepare(image: Image.Image | np.ndarray) -> Prepared:

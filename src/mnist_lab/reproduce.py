@@ -17,7 +17,6 @@ before result.yaml: the last values its loggers hold) is compared with the new r
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import yaml
 
 from mnist_lab import provenance as prov
-from mnist_lab import runs
+from mnist_lab import runs, usage
 from mnist_lab.config import chosen_loggers
 from mnist_lab.loggers import read_scalars
 from mnist_lab.resume import saved_config
@@ -72,7 +71,7 @@ def verdicts(old: dict[str, float], new: dict[str, float], exact: bool, acc_tol:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = usage.Parser("reproduce")
     parser.add_argument("run", type=Path, help="a finished run folder (holding config.yaml)")
     parser.add_argument("--out", type=Path, help="the new run's folder (default: outputs/reproduce/<time>_<name>)")
     parser.add_argument("--data-dir", help="where the data is now, if not where the run read it")

@@ -463,16 +463,25 @@ class StudySweep:
 
 
 def plot_study(study: optuna.Study, folder: Path, metric: str) -> None:
-    """Optuna's matplotlib plots as PNGs; a plot the study cannot make yet (too few trials) is skipped, said."""
+    """Optuna's matplotlib plots as PNGs; a plot the study cannot make yet (too few trials) is skipped, said in
+    one line of ours: Optuna's own warnings ("[W ...] Your study does not have any completed trials.") are taken
+    from its logger, not printed."""
+    from optuna.trial import TrialState
+
     from mnist_lab import drawing
 
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        log.info("no plots yet: no trial finished or was pruned")
+        return
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "Using categorical units ..."
-    with warnings.catch_warnings():
+    said = OptunaLines()
+    with warnings.catch_warnings(), said:
         warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
         from optuna.visualization import matplotlib as optuna_plots
 
         for name in PLOTS:
             plot = getattr(optuna_plots, f"plot_{name}")
+            said.lines.clear()
             try:
                 if name == "intermediate_values":  # every trial's metric per epoch: where pruned ones stopped
                     axes = plot(study)
@@ -482,7 +491,36 @@ def plot_study(study: optuna.Study, folder: Path, metric: str) -> None:
             except Exception as err:  # e.g. importances need two finished trials
                 log.info(f"no {name}.png yet: {first_line(err)}")
                 continue
-            drawing.save((axes.flat[0] if hasattr(axes, "flat") else axes).figure, folder / f"{name}.png")
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            if said.lines:  # an empty plot, and Optuna's reason
+                drawing.close(figure)
+                log.info(f"no {name}.png yet: {said.lines[0]}")
+                continue
+            drawing.save(figure, folder / f"{name}.png")
+
+
+class OptunaLines(logging.Handler):
+    """While in a `with` block, Optuna's log lines (its warnings) are kept in `lines` instead of printed."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def __enter__(self) -> OptunaLines:
+        import optuna
+
+        optuna.logging.disable_default_handler()
+        logging.getLogger("optuna").addHandler(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import optuna
+
+        logging.getLogger("optuna").removeHandler(self)
+        optuna.logging.enable_default_handler()
 
 
 def swept_params(params: Any) -> dict[str, str]:
