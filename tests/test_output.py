@@ -104,7 +104,8 @@ def test_a_second_ctrl_c_stops_at_once_and_says_what_there_is(tiny_mnist, tmp_pa
     ("seed: 0\nmodel: {name: mlp\n", r"its config.yaml is not valid YAML \(line 3\); fix it, or restore it from "
                                      r"\.hydra/config\.yaml there \(the config the run started with\)$"),
     ("optimizer: {lr: banana}\n", r"its config.yaml holds an invalid optimizer.lr: 'banana'; fix it, or restore it"),
-    ("optimizer: {lr: -1}\n", r"in its config.yaml, optimizer.lr=-1.0 is invalid: the learning rate must be a number > 0"),
+    ("optimizer: {lr: -1}\n",
+     r"in its config.yaml, optimizer.lr=-1.0 is invalid: the learning rate must be a number > 0"),
 ])
 def test_resume_of_a_damaged_config_is_one_line(tiny_mnist, tmp_path, make_cfg, monkeypatch, damage, expected):
     monkeypatch.chdir(tmp_path)

@@ -15,9 +15,12 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from mnist_lab import usage
+from mnist_lab import drawing, usage
 from mnist_lab.config import CONF_DIR, VERSION_BASE
-from mnist_lab.errors import CheckpointError
+from mnist_lab.data import load_split, to_float
+from mnist_lab.errors import CheckpointError, ConfigError
+from mnist_lab.loggers import log_to_run
+from mnist_lab.module import load_net
 from mnist_lab.runs import RunDir, resolve_checkpoint
 
 
@@ -41,11 +44,6 @@ def feature_maps(net: torch.nn.Module, image: torch.Tensor) -> list[tuple[str, t
 def activations(checkpoint: str, index: int = 0, data_dir: str | None = None) -> Path:
     """Draw the feature maps of test image `index` into the run's activations_<index>.png and its loggers;
     returns the PNG's path."""
-    from mnist_lab import drawing
-    from mnist_lab.data import load_split, to_float
-    from mnist_lab.loggers import log_to_run
-    from mnist_lab.module import load_net
-
     ckpt_path = resolve_checkpoint(checkpoint)
     net, ckpt = load_net(ckpt_path)
     if not any(isinstance(m, torch.nn.Conv2d) for m in net.modules()):
@@ -55,7 +53,6 @@ def activations(checkpoint: str, index: int = 0, data_dir: str | None = None) ->
     data = config.get("data", {})
     images, labels = load_split(data_dir or data.get("data_dir", "data"), train=False)
     if not 0 <= index < len(labels):
-        from mnist_lab.errors import ConfigError
 
         raise ConfigError(f"index={index} is invalid: choose a test image in [0, {len(labels)})")
     x = to_float(images[index: index + 1], data.get("normalize", True))

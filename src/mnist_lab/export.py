@@ -24,6 +24,8 @@ leaves export/ as it was (files are staged and checked first).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import shutil
@@ -32,13 +34,14 @@ from pathlib import Path
 
 import hydra
 import torch
+import yaml
 from omegaconf import DictConfig
 from torch import nn
 
 from mnist_lab import usage
 from mnist_lab.config import CONF_DIR, VERSION_BASE
-from mnist_lab.data import MEAN, STD
-from mnist_lab.errors import ExportCheckError
+from mnist_lab.data import MEAN, STD, check_raw_files, load_split
+from mnist_lab.errors import ConfigError, ExportCheckError
 from mnist_lab.models import build_model, summary
 from mnist_lab.module import load_net
 from mnist_lab.runs import EXPORT_FILES, RunDir, resolve_checkpoint
@@ -77,7 +80,6 @@ def export(ckpt_path: str | os.PathLike, formats=FORMATS, check: bool = True,
     ckpt_path = resolve_checkpoint(ckpt_path)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        from mnist_lab.errors import ConfigError
 
         raise ConfigError(f"formats={list(formats)}: unknown {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     net, ckpt = load_net(ckpt_path)
@@ -89,7 +91,6 @@ def export(ckpt_path: str | os.PathLike, formats=FORMATS, check: bool = True,
         staged = write_formats(model, net, formats, staging)
         data_dir = data_dir or ckpt["hyper_parameters"].get("config", {}).get("data", {}).get("data_dir", "data")
         results = verify(model, staged, data_dir, ckpt["hyper_parameters"]["model"]) if check else {}
-        import yaml
 
         card = model_card(net, ckpt_path, ckpt, staged, results)
         staged["yaml"] = staging / EXPORT_FILES["yaml"]
@@ -135,9 +136,6 @@ def write_formats(model: nn.Module, net: nn.Module, formats, folder: Path) -> di
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, batch, path: Path) -> None:
-    import contextlib
-    import io
-
     for name in ("onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # the exporter narrates its passes on stdout; the check below says what matters
@@ -159,8 +157,6 @@ class quiet_torchscript(warnings.catch_warnings):
 
 
 def load_test_pixels(data_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
-    from mnist_lab.data import check_raw_files, load_split
-
     check_raw_files(data_dir, checksums=False)
     images, labels = load_split(data_dir, train=False)
     return images.to(torch.float32), labels

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.distributed as dist
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from mnist_lab.errors import Interrupted, TrainingError
@@ -163,8 +164,6 @@ class ProcessGroupEnd(L.Callback):
     """
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        import torch.distributed as dist
-
         spawned = getattr(trainer.strategy, "_start_method", "popen") != "popen"
         if (spawned or stage == "test") and dist.is_available() and dist.is_initialized():
             dist.barrier()

@@ -7,10 +7,16 @@ is imported only to download a missing file).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
+import socket
+import tempfile
 from pathlib import Path
+from unittest import mock
+
+import numpy as np
 
 from mnist_lab.errors import DataError
 from mnist_lab.runs import shown
@@ -112,7 +118,6 @@ def ensure_raw_files(data_dir: str | os.PathLike, download: bool = True, checksu
             for name in missing:
                 fetch(folder, name)
         except OSError as err:
-            import socket
 
             still = [name for name in RAW_FILES if not (folder / name).is_file()]
             reason = getattr(err, "reason", err)  # a URLError's reason: the socket's error
@@ -127,8 +132,6 @@ def ensure_raw_files(data_dir: str | os.PathLike, download: bool = True, checksu
 def fetch(folder: Path, name: str) -> None:
     """Download the raw file `name` into `folder` with torchvision (its mirrors, each file's MD5), through a
     temporary folder beside it: a download cut short leaves no partial file under the real name."""
-    import tempfile
-
     from torchvision.datasets import MNIST
     from torchvision.datasets import utils as tv_utils
 
@@ -152,16 +155,11 @@ def fetch(folder: Path, name: str) -> None:
 def _quiet_download_bar(tv_utils):
     """torchvision's download bar, drawn only where stdout is a terminal (tqdm's disable=None): in a log file
     its redraws would pile up."""
-    import functools
-    from unittest import mock
-
     return mock.patch.object(tv_utils, "tqdm", functools.partial(tv_utils.tqdm, disable=None))
 
 
 def read_idx(path: Path):
     """An IDX file as a numpy uint8 array of the shape its header declares (checked)."""
-    import numpy as np
-
     dims = read_header(path)
     return np.fromfile(path, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims)
 
