@@ -5,8 +5,9 @@
     python -m mnist_lab.compare outputs/sweeps/<time> --tensorboard   # also mean ± std curves for TensorBoard
 
 Reads each run's logged scalars back with mnist_lab.loggers.read_scalars. A variant is a run's model
-plus its overrides other than the seed and the keys its sweep left out of the run folders' names
-(hydra.job.config.override_dirname.exclude_keys); a variant's runs with different seeds are its samples.
+plus its overrides other than the seed, the keys its sweep left out of the run folders' names
+(hydra.job.config.override_dirname.exclude_keys: a sweep's constants among them) and any override every
+run shares; a variant's runs with different seeds are its samples. What every run shares heads the table.
 
 For every variant: best val accuracy and test accuracy as mean ± sample std, the test accuracy's 95%
 bootstrap confidence interval for the mean over seeds (percentile bootstrap, 10,000 resamples, seeded), and
@@ -38,6 +39,7 @@ from mnist_lab import runs
 RESAMPLES = 10_000  # bootstrap resamples
 LEVEL = 0.95  # confidence level of the intervals
 TB_FOLDER = "compare_tb"  # --tensorboard's runs, in the sweep folder
+EPOCH_S = ("train/epoch_s", "time/epoch_s")  # seconds per training epoch (time/: runs logged before train/)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Run:
     train_acc: list[float]  # per epoch
     test_acc: float | None
     epoch_s: float | None
+    overrides: tuple[str, ...] = ()  # all of the run's overrides
+    names: tuple[str, ...] = ()  # those that may tell variants apart (the variant: the model and these)
 
 
 def find_runs(sweep: Path) -> list[Path]:
@@ -68,11 +72,32 @@ def read_run(path: Path) -> Run:
         else []
     ignored = {"seed", "model", *left_out_of_names(hydra_dir / "hydra.yaml")}
     rest = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in ignored]
-    scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", "time/epoch_s"), chosen(config))
-    test, epoch_s = scalars.get("test/acc"), scalars.get("time/epoch_s")
+    scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", *EPOCH_S), chosen(config))
+    test = scalars.get("test/acc")
+    epoch_s = next((scalars[tag] for tag in EPOCH_S if scalars.get(tag)), None)
     return Run(path, " ".join([model, *rest]), config.get("seed"), count_params(config.get("model", {})),
                scalars.get("val/acc", []), scalars.get("train/acc", []), test[-1] if test else None,
-               statistics.median(epoch_s) if epoch_s else None)
+               statistics.median(epoch_s) if epoch_s else None, tuple(overrides or []), tuple(rest))
+
+
+def by_what_varies(found: list[Run]) -> tuple[list[Run], list[str]]:
+    """(the runs, named by what varies: an override every run has is dropped from the variant names (a sweep's
+    constants, where its run folders' names still hold them); those overrides, less where the runs read and
+    wrote and how they showed themselves (loggers.NOT_HPARAMS), for the header)."""
+    from mnist_lab.loggers import NOT_HPARAMS
+    from mnist_lab.sweeps import override_key
+
+    shared = [o for o in found[0].overrides if all(o in r.overrides for r in found[1:])] if len(found) > 1 else []
+    for r in found:
+        r.variant = " ".join([r.variant.split(" ", 1)[0], *(o for o in r.names if o not in shared)])
+    return found, [o for o in shared if not f"{override_key(o)}.".startswith(NOT_HPARAMS)]
+
+
+def header(found: list[Run], shared: list[str]) -> str:
+    """What every run has in common, said once above the table: 'Every run: trainer.max_epochs=2 ...'."""
+    seeds = sorted({r.seed for r in found if r.seed is not None})
+    parts = [f"{len(found)} runs", f"seeds {', '.join(map(str, seeds))}" if seeds else ""]
+    return "; ".join(p for p in parts if p) + (f"; every run: {' '.join(shared)}" if shared else "")
 
 
 def left_out_of_names(hydra_yaml: Path) -> list[str]:
@@ -277,8 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no runs under {args.sweep} (no folder with a {runs.CONFIG}): give a folder written by "
               "python -m mnist_lab.train -m", file=sys.stderr)
         return 1
-    found = [read_run(p) for p in paths]
-    text = table(found)
+    found, shared = by_what_varies([read_run(p) for p in paths])
+    text = header(found, shared) + "\n\n" + table(found)
     print(text)
     md = runs.write_text(args.sweep / "compare.md", text + "\n")
     csv_path = write_csv(found, args.sweep / "compare.csv")

@@ -5,7 +5,7 @@ src/hydra_plugins/mnist_lab_optuna/, its config conf/hydra/sweeper/optuna.yaml).
         'optimizer.lr=tag(log, interval(1e-5, 1.0))' 'model=choice(mlp,convnet)'
 
 writes into the sweep folder: optuna.journal (the study), a run folder per trial, named by trial number
-(<trial>_<model>_<overrides>/, each with a trial.yaml: state, value, epochs, error), best.yaml, and
+(<trial>_<model>_<searched values>/, each with a trial.yaml: state, value, epochs, error), best.yaml, and
 optimization_history.png, param_importances.png, slice.png, intermediate_values.png. Running the same command
 again continues the study until it holds n_trials finished or pruned trials.
 
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from mnist_lab import sweeps
 from mnist_lab.errors import ConfigError, Interrupted, ObjectiveError, StudyError
 from mnist_lab.runs import RunDir, write_text
 
@@ -268,6 +269,7 @@ class StudySweep:
                               "1e-5, 1.0))' or 'model=choice(mlp,convnet)' (or hydra.sweeper.params)")
         check_keys(overrides)  # as on the command line: "did you mean ...?"
         self.check_space(space, fixed)
+        sweeps.name_by_what_varies(self.config, [fixed], None)  # the plain overrides: kept out of run names
         study = self.open_study(space)
         self.fail_left_running(study)
         previous = self.catch_signals()
@@ -276,6 +278,18 @@ class StudySweep:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def folder_name(self, number: int, params: dict[str, Any]) -> list[str]:
+        """The override naming a trial's run folder by what the study searches: <trial>_<model>_<key>:<value>+...
+        (hydra.sweep.subdir's form), sampled numbers to 3 significant digits (the trial number keeps names
+        unique); none where the command line sets hydra.sweep.subdir."""
+        if any(sweeps.override_key(o) == "hydra.sweep.subdir" for o in self.config.hydra.overrides.hydra):
+            return []
+        dirname = self.config.hydra.job.config.override_dirname
+        items = sorted(f"{k}{dirname.kv_sep}{f'{v:.3g}' if isinstance(v, float) else v}"
+                       for k, v in params.items() if k not in dirname.exclude_keys)
+        model = params.get("model", "${model.name}")
+        return [f"hydra.sweep.subdir='{number}_{model}_{dirname.item_sep.join(items)}'"]
 
     def check_space(self, space: dict[str, Any], fixed: list[str]) -> None:
         """Compose and validate a trial's config with every choice and both ends of every range (one at a time):
@@ -355,8 +369,8 @@ class StudySweep:
             if [t.number for t in trials] != list(range(first, first + len(trials))):
                 raise StudyError(f"another process is adding trials to study {self.study_name!r} in "
                                  f"{self.location}: run one sweep per study")
-            overrides = [[*fixed, *(as_override(k, v) for k, v in t.params.items()), f"hydra.sweeper.trial={t.number}"]
-                         for t in trials]
+            overrides = [[*fixed, *(as_override(k, v) for k, v in t.params.items()), f"hydra.sweeper.trial={t.number}",
+                          *self.folder_name(t.number, t.params)] for t in trials]
             try:
                 returns: list[Any] = list(self.launcher.launch(overrides, initial_job_idx=first))
             except Exception as err:  # e.g. a Slurm job that died: the trials that told the study still count
