@@ -176,6 +176,8 @@ def test_sigterm_stops_the_study_and_the_same_command_continues_it(stopped_and_c
     runs = sorted((p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")),
                   key=lambda p: int(p.name.split("_")[0]))
     assert [int(p.name.split("_")[0]) for p in runs] == [t.number for t in trials]  # one folder per trial number
+    # named by the searched value, to 3 significant digits; the plain overrides (trainer.max_epochs=2) left out
+    assert [p.name for p in runs] == [f"{t.number}_mlp_optimizer.lr:{t.params['optimizer.lr']:.3g}" for t in trials]
     for number in done_first:  # the trials done before SIGTERM ran once: their folders are as they were
         run = runs[number]
         assert before[run.name] == {f.name: f.stat().st_mtime_ns for f in run.iterdir() if f.is_file()}
