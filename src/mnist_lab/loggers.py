@@ -172,7 +172,7 @@ class HParams(L.Callback):
     TensorBoard's HPARAMS tab gets them through its own summary API (Lightning's passes booleans as
     numbers, and registers the metric columns by logging placeholder values at step 0): the keys that
     tell runs apart first (tensorboard_hparams), booleans and strings as such, and as metric columns
-    the run's own val/ and test/ scalars (their last values)."""
+    the run's own val/ and test/ scalars (their last values); whole numbers as text, to read as typed."""
 
     def on_fit_start(self, trainer, module) -> None:
         config = module.hparams.get("config")
@@ -180,6 +180,7 @@ class HParams(L.Callback):
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
+                logger.hparams.update(flatten(config))  # its hparams.yaml, as the CSV logger's
                 if trainer.is_global_zero:  # the other ranks' experiment is a stand-in that writes nothing
                     write_tensorboard_hparams(logger, config, swept_keys(config))
             else:
@@ -240,7 +241,10 @@ def write_tensorboard_hparams(logger: TensorBoardLogger, config: Mapping, swept:
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
     params, first = tensorboard_hparams(config, swept)
-    kinds = {bool: "DATA_TYPE_BOOL", int: "DATA_TYPE_FLOAT64", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
+    # whole numbers as text: the protos have no integer type and the tab prints every number to 5 significant
+    # digits (seed 0 as 0.0000, batch size 128 as 128.00); as text they read as typed (sorted as text)
+    params = {k: str(v) if type(v) is int else v for k, v in params.items()}
+    kinds = {bool: "DATA_TYPE_BOOL", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
     infos = [api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kinds[type(v)]), differs=k in first)
              for k, v in params.items()]
     validates = (config.get("data") or {}).get("val_size", 1) > 0
