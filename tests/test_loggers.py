@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mnist_lab import compare
@@ -43,9 +44,10 @@ def sweep(tiny_mnist, tmp_path_factory):
     loggers = "logger=csv,mlflow" if HAVE_MLFLOW else "logger=csv"
     cmd = [sys.executable, "-m", "mnist_lab.train", "-m", loggers, "seed=0,1", f"hydra.sweep.dir={root / 'sweep'}",
            *overrides, "trainer.max_epochs=1"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr[-3000:]
+    (root / "console.txt").write_text(result.stdout + result.stderr)
     return root / "sweep"
 
 
@@ -84,9 +86,20 @@ def test_mlflow_runs_hold_params_and_metrics(sweep):
         assert len(client.get_metric_history(record.info.run_id, "val/acc")) == 1
         assert {"test/acc", "test/loss", "val/loss", "train/acc", "train/epoch_s"} <= set(record.data.metrics)
         assert 0 <= record.data.metrics["test/acc"] <= 1
+        assert "epoch" not in record.data.metrics  # no chart of the epoch against the step
+        assert all(v == float(str(np.float32(v))) for v in record.data.metrics.values())  # 0.9332, not 0.93320000171
+        params = record.data.params  # the hyperparameters, as in TensorBoard's HPARAMS
+        assert not {"output_dir", "data.data_dir", "threads", "resume"} & set(params) and "None" not in params.values()
+        assert not any(k.startswith("logger.") for k in params)
         figures = {a.path for a in client.list_artifacts(record.info.run_id, "test")}
         assert figures == {"test/predictions.png", "test/confusion_matrix.png"}
         assert (run / "history.png").is_file()  # drawn from what MLflow holds
+    experiments = client.search_experiments()  # no empty "Default" beside it; typed for the runs view
+    assert [e.name for e in experiments] == ["mnist_lab"]
+    assert experiments[0].tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiments[0].artifact_location.startswith((sweep / MLRUNS).as_uri())
+    assert not (sweep.parent / "mlruns").exists()  # nothing in the working directory
+    assert "Creating initial MLflow database tables" not in (sweep.parent / "console.txt").read_text()
 
 
 def test_compare_reads_csv_and_mlflow_runs(sweep, capsys):
@@ -132,7 +145,7 @@ def test_several_loggers_and_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch)
     record = found["run"]
     assert [m.step for m in client.get_metric_history(record.info.run_id, "val/acc")] == steps
     assert record.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
-    assert record.info.status == "FINISHED" and record.data.params["resume"] == "None"  # params of the start
+    assert record.info.status == "FINISHED" and record.data.params["seed"] == "0"  # params of the start
 
 
 def test_mlflow_missing_is_one_clear_error(make_cfg, tmp_path, monkeypatch):

@@ -55,6 +55,17 @@ class RunTensorBoardLogger(TensorBoardLogger):
         super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
+class RunMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger without the `epoch` metric (a chart of its own in MLflow's UI), and with each
+    value as the shortest decimal of the float32 it was computed in (0.9332, not 0.9332000017166138)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        import numpy as np
+
+        super().log_metrics({k: v if isinstance(v, str) else float(str(np.float32(v)))
+                             for k, v in metrics.items() if k != "epoch"}, step)
+
+
 class _AppendingWriter(ExperimentWriter):
     """Lightning's CSV writer, except that it takes a run folder that already holds files, a resumed run
     appends to its metrics.csv (Lightning's writer would warn, then delete the file), and both files are
@@ -111,15 +122,58 @@ def mlflow_store(run: RunDir) -> Path:
 
 def mlflow_client(settings: Mapping, run: RunDir) -> tuple[Any, str, str | None]:
     """(MlflowClient, tracking URI, artifact location) for a run: logger.mlflow.tracking_uri, or the local
-    store (SQLite, artifacts beside it)."""
+    store (SQLite, artifacts beside it). A new local store is made here, quietly (MLflow announces its
+    tables on the console), with its artifacts in the store: MLflow's own default would put the "Default"
+    experiment's in the working directory."""
+    import logging
+
     from mlflow import MlflowClient
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     if settings.get("tracking_uri"):
         return MlflowClient(settings["tracking_uri"]), settings["tracking_uri"], None
     store = mlflow_store(RunDir(run.path.resolve()))
     store.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    return MlflowClient(uri), uri, (store / "artifacts").as_uri()
+    uri, artifacts = f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+    if not (store / "mlflow.db").is_file():
+        quiet = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.WARNING)
+        try:
+            SqlAlchemyStore(uri, artifacts)._dispose_engine()
+        finally:
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
+    return MlflowClient(uri), uri, artifacts
+
+
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3's UI: runs, not GenAI traces
+SQLITE_DEFAULT_EXPERIMENT = "0"  # the id of the experiment MLflow makes with every store
+
+
+def mlflow_experiment(client, name: str, artifacts: str | None) -> Any:
+    """The MLflow experiment `name`, typed as model training, so that MLflow's UI opens on its runs. In a new
+    local store it is the store's first experiment ("Default", which MLflow makes with every store), renamed:
+    the store then holds no empty experiment beside it."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None and artifacts is not None:
+        default = client.get_experiment(SQLITE_DEFAULT_EXPERIMENT)
+        if default.name == "Default" and not client.search_runs([default.experiment_id], max_results=1):
+            client.rename_experiment(default.experiment_id, name)
+        experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException:  # another job of the sweep created it first
+            pass
+        experiment = client.get_experiment_by_name(name)
+    if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment
+
 
 
 def mlflow_run_id(client, experiment_id: str, name: str) -> str | None:
@@ -140,17 +194,9 @@ def mlflow_logger(settings: Mapping, run: RunDir) -> MLFlowLogger:
     it already has (resume=, a requeued job)."""
     client, uri, artifacts = mlflow_client(settings, run)
     name = settings.get("experiment_name", "mnist_lab")
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            client.create_experiment(name, artifact_location=artifacts)
-        except MlflowException:  # another job of the sweep created it first
-            pass
-        experiment = client.get_experiment_by_name(name)
+    experiment = mlflow_experiment(client, name, artifacts)
     run_id = mlflow_run_id(client, experiment.experiment_id, run.path.name)
-    return MLFlowLogger(experiment_name=name, run_name=run.path.name, tracking_uri=uri, run_id=run_id)
+    return RunMLFlowLogger(experiment_name=name, run_name=run.path.name, tracking_uri=uri, run_id=run_id)
 
 
 def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -180,11 +226,11 @@ class HParams(L.Callback):
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.hparams.update(flatten(config))  # its hparams.yaml, as the CSV logger's
+                logger.hparams.update(tensorboard_hparams(config, [])[0])  # its hparams.yaml, as the CSV logger's
                 if trainer.is_global_zero:  # the other ranks' experiment is a stand-in that writes nothing
                     write_tensorboard_hparams(logger, config, swept_keys(config))
-            else:
-                logger.log_hyperparams(flatten(config))
+            else:  # CSV (hparams.yaml), MLflow (params): what TensorBoard's HPARAMS shows
+                logger.log_hyperparams(tensorboard_hparams(config, swept_keys(config))[0])
 
 
 # Keys of a run's config that say where it reads and writes and how it shows itself, not what it
