@@ -50,6 +50,12 @@ def epochs_logged(run: Path) -> int:
 
 # The search space ---------------------------------------------------------------------------------
 
+def test_search_space_described_as_text():
+    assert study.describe(FloatDistribution(1e-5, 1.0, log=True)) == "log scale from 1e-05 to 1.0"
+    assert study.describe(IntDistribution(32, 128, step=32)) == "whole numbers from 32 to 128 in steps of 32"
+    assert study.describe(CategoricalDistribution(["mlp", "convnet"])) == "one of mlp, convnet"
+
+
 def test_search_space_in_hydras_grammar():
     space, fixed = study.search_space(["optimizer.lr=tag(log, interval(1e-5, 1.0))", "model=choice(mlp,convnet)",
                                        "data.batch_size=range(32,129,32)", "seed=0,1", "trainer.max_epochs=2"])
@@ -212,6 +218,8 @@ def test_best_yaml_plots_tensorboard_and_compare(stopped_and_continued, capsys):
     best = yaml.safe_load((sweep / "best.yaml").read_text())
     s = load(sweep / study.JOURNAL)
     assert best["best"]["trial"] == s.best_trial.number and best["best"]["value"] == s.best_value
+    assert s.metric_names == ["val/acc"]  # optuna-dashboard names the objective by it
+    assert s.user_attrs["search space: optimizer.lr"] == "one of 1e-07, 0.003, 1e+30"  # plain text, a parameter each
     assert best["best"]["params"] == {"optimizer.lr": 3e-3} and 0 <= best["best"]["test/acc"] <= 1
     assert Path(best["best"]["run"]).is_dir()
     for name in study.PLOTS:

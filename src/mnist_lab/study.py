@@ -103,6 +103,20 @@ def search_space(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
     return space, fixed
 
 
+SPACE = "search space: "  # the study's user attributes that say what it searches, one a parameter
+
+
+def describe(distribution: Any) -> str:
+    """A search dimension as optuna-dashboard shows it: 'log scale from 1e-05 to 1.0', 'one of mlp, convnet',
+    '32 to 128 in steps of 32'."""
+    if hasattr(distribution, "choices"):
+        return "one of " + ", ".join(map(str, distribution.choices))
+    scale = "log scale from " if distribution.log else "from "
+    step = f" in steps of {distribution.step}" if distribution.step not in (None, 1) else ""
+    kind = "whole numbers " if isinstance(distribution.low, int) else ""
+    return f"{kind}{scale}{distribution.low} to {distribution.high}{step}"
+
+
 def ends(distribution: Any) -> tuple[Any, Any]:
     """The two extreme values of a distribution (its first and last choice)."""
     if hasattr(distribution, "choices"):
@@ -316,22 +330,28 @@ class StudySweep:
 
     def open_study(self, space: dict[str, Any]) -> optuna.Study:
         import optuna
-        from optuna.distributions import distribution_to_json
+        from optuna.distributions import json_to_distribution
 
         location = storage_location(self.storage, str(self.sweep_dir))
         self.opened = open_storage(location)
         study = optuna.create_study(storage=self.opened, study_name=self.study_name,
                                     direction=self.direction, load_if_exists=True)
         spec = {"metric": self.metric, "direction": self.direction,
-                "search_space": {k: distribution_to_json(d) for k, d in space.items()}}
-        saved = {k: study.user_attrs[k] for k in spec if k in study.user_attrs}
+                **{f"{SPACE}{k}": describe(d) for k, d in space.items()}}
+        attrs = study.user_attrs
+        saved = {k: v for k, v in attrs.items() if k in ("metric", "direction") or k.startswith(SPACE)}
+        if "search_space" in attrs:  # a study begun when the space was kept as JSON, in one attribute
+            saved.update((f"{SPACE}{k}", describe(json_to_distribution(v))) for k, v in attrs["search_space"].items())
         if not saved:
             for k, v in spec.items():
                 study.set_user_attr(k, v)
         elif saved != spec or study.direction.name.lower() != self.direction:
+            keys = ", ".join(k[len(SPACE):] for k in saved if k.startswith(SPACE))
             raise StudyError(f"{location} holds study {self.study_name!r} of {saved.get('direction')} "
-                             f"{saved.get('metric')} over {', '.join(saved.get('search_space', {}))}, not this one: "
+                             f"{saved.get('metric')} over {keys}, not this one: "
                              "run it with its own search space, or give a new hydra.sweep.dir")
+        if study.metric_names is None:
+            study.set_metric_names([self.metric])  # optuna-dashboard's name for the objective
         trials = study.get_trials(deepcopy=False)
         seed = {"seed": self.sampler["seed"] + len(trials)} if self.sampler and self.sampler.get("seed") is not None \
             else {}  # a continued study must not draw its first trials' parameters again
@@ -506,7 +526,32 @@ def plot_study(study: optuna.Study, folder: Path, metric: str) -> None:
             except Exception as err:  # e.g. importances need two finished trials
                 log.info(f"no {name}.png yet: {first_line(err)}")
                 continue
-            plots.save((axes.flat[0] if hasattr(axes, "flat") else axes).figure, folder / f"{name}.png")
+            plots.save(legible((axes.flat[0] if hasattr(axes, "flat") else axes).figure), folder / f"{name}.png",
+                       tight=True)  # tight: Optuna's figures cut off long parameter names
+
+
+def legible(fig: Any) -> Any:
+    """Optuna's plot with whole numbers where only they make sense (trials, epochs: no 1.2, 1.4 ticks), and
+    log-scale axes labelled at powers of ten, or within two decades at 1, 2 and 5 times them, as plain
+    numbers (Optuna's labels every minor tick, and those overlap)."""
+    import math
+
+    from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
+
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>" or ax.get_xlabel() in ("epoch", "Trial"):  # the trial number's colours
+            (ax.yaxis if ax.get_label() == "<colorbar>" else ax.xaxis).set_major_locator(MaxNLocator(integer=True))
+        if ax.get_xscale() == "log":
+            low, high = sorted(ax.get_xlim())
+            decades = math.log10(high / low) if low > 0 else math.inf
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0,) if decades > 2 else (1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(LogFormatterSciNotation() if decades > 2
+                                         else FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(max(width, 3.2 * len(panels) + 1), height)  # slice.png: a panel per parameter
+    return fig
 
 
 def flat(params: Any, prefix: str = "") -> dict[str, str]:
