@@ -92,7 +92,8 @@ def test_event_files_hold_scalars_hparams_and_images(sweep):
         assert start["data.normalize"].WhichOneof("kind") == "bool_value" and start["data.normalize"].bool_value
         assert start["model.name"].string_value == run.name.split("_")[1]
         assert start["seed"].string_value in ("0", "1")  # whole numbers read as such (no 0.0000)
-        assert start["data.batch_size"].string_value == "32" and start["optimizer.lr"].WhichOneof("kind") == "number_value"
+        assert start["data.batch_size"].string_value == "32"
+        assert start["optimizer.lr"].WhichOneof("kind") == "number_value"
 
 
 def test_compare_table_and_png(sweep, capsys):
