@@ -17,6 +17,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
 
 from mnist_lab import compare, study
 from mnist_lab.config import check_keys
@@ -226,7 +227,10 @@ def test_best_yaml_plots_tensorboard_and_compare(stopped_and_continued, capsys):
         assert (sweep / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     events = EventAccumulator(best["best"]["run"])  # every trial is a TensorBoard run with its hyperparameters
     events.Reload()
-    assert b"optimizer.lr" in events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = events.PluginTagToContent("hparams")
+    assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
+    experiment = metadata.parse_experiment_plugin_data(hparams[metadata.EXPERIMENT_TAG])
+    assert {h.name for h in experiment.hparam_infos if h.differs} == {"model.name", "optimizer.lr"}  # searched first
     assert compare.main([str(sweep)]) == 0
     assert "| mlp " in capsys.readouterr().out
 

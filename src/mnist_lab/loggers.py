@@ -242,8 +242,9 @@ HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # HPARAMS' me
 
 def swept_keys(config: Mapping) -> list[str]:
     """The config keys a sweep varies (model=mlp,convnet -> model.name), in the sweep's order, read from the
-    sweep folder's record of its command line; a job without one (another sweeper's): the keys its own
-    overrides set. None outside a sweep. What tells the runs apart, so TensorBoard shows them first."""
+    sweep folder's record of its command line; a job without one (a study's): the keys its own overrides
+    set, less those left out of run folders' names. None outside a sweep. What tells the runs apart, so
+    TensorBoard shows them first."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -256,8 +257,9 @@ def swept_keys(config: Mapping) -> list[str]:
     if saved is not None:
         parsed = OverridesParser.create().parse_overrides(saved[0])
         names = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
-    else:
-        names = [override_key(o) for o in hydra_cfg.overrides.task]
+    else:  # less the keys every job has the same (a study's plain overrides), which leave run names too
+        left_out = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+        names = [override_key(o) for o in hydra_cfg.overrides.task if override_key(o) not in left_out]
     flat = flatten(config)
     keys = []
     for key in names:
