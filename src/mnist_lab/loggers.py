@@ -141,7 +141,7 @@ def mlflow_client(settings: Mapping, run: RunDir) -> tuple[Any, str, str | None]
         for q in quiet:
             q.setLevel(logging.WARNING)
         try:
-            SqlAlchemyStore(uri, artifacts)._dispose_engine()
+            SqlAlchemyStore(uri, artifacts)  # its tables and its first experiment, artifacts in the store
         finally:
             for q, level in zip(quiet, levels, strict=True):
                 q.setLevel(level)
