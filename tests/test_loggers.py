@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from mnist_lab import compare, runs
@@ -43,9 +44,10 @@ def sweep(tiny_mnist, tmp_path_factory):
     loggers = "logger=csv,mlflow" if HAVE_MLFLOW else "logger=csv"
     cmd = [sys.executable, "-m", "mnist_lab.train", "-m", loggers, "seed=0,1", f"hydra.sweep.dir={root / 'sweep'}",
            *overrides, "trainer.max_epochs=1"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=root,
                             env={**os.environ, "PYTHONWARNINGS": "ignore"})
     assert result.returncode == 0, result.stderr[-3000:]
+    (root / "console.txt").write_text(result.stdout + result.stderr)
     return root / "sweep"
 
 
@@ -65,7 +67,7 @@ def test_csv_runs_hold_their_metrics(sweep):
         val = [float(r["val/acc"]) for r in table if r["val/acc"]]
         test = [float(r["test/acc"]) for r in table if r["test/acc"]]
         assert len(val) == 1 and len(test) == 1 and 0 <= test[0] <= 1
-        assert len([r for r in table if r["train/loss"]]) == 1 and len([r for r in table if r["time/epoch_s"]]) == 1
+        assert len([r for r in table if r["train/loss"]]) == 1 and len([r for r in table if r["train/epoch_s"]]) == 1
         assert "optimizer.lr" in (run / "hparams.yaml").read_text()
 
 
@@ -82,11 +84,22 @@ def test_mlflow_runs_hold_params_and_metrics(sweep):
         assert record.data.params["seed"] == run.name.split("seed:")[1][0]
         assert float(record.data.params["optimizer.lr"]) == 1e-3 and record.data.params["model.name"] == "mlp"
         assert len(client.get_metric_history(record.info.run_id, "val/acc")) == 1
-        assert {"test/acc", "test/loss", "val/loss", "train/acc", "time/epoch_s"} <= set(record.data.metrics)
+        assert {"test/acc", "test/loss", "val/loss", "train/acc", "train/epoch_s"} <= set(record.data.metrics)
         assert 0 <= record.data.metrics["test/acc"] <= 1
+        assert "epoch" not in record.data.metrics  # no chart of the epoch against the step
+        assert all(v == float(str(np.float32(v))) for v in record.data.metrics.values())  # 0.9332, not 0.93320000171
+        params = record.data.params  # the hyperparameters, as in TensorBoard's HPARAMS
+        assert not {"output_dir", "data.data_dir", "threads", "resume"} & set(params) and "None" not in params.values()
+        assert not any(k.startswith("logger.") for k in params)
         figures = {a.path for a in client.list_artifacts(record.info.run_id, "test")}
         assert figures == {"test/predictions.png", "test/confusion_matrix.png"}
         assert (run / "history.png").is_file()  # drawn from what MLflow holds
+    experiments = client.search_experiments()  # no empty "Default" beside it; typed for the runs view
+    assert [e.name for e in experiments] == ["mnist_lab"]
+    assert experiments[0].tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiments[0].artifact_location.startswith((sweep / MLRUNS).as_uri())
+    assert not (sweep.parent / "mlruns").exists()  # nothing in the working directory
+    assert "Creating initial MLflow database tables" not in (sweep.parent / "console.txt").read_text()
 
 
 def test_compare_reads_csv_and_mlflow_runs(sweep, capsys):
@@ -136,7 +149,7 @@ def test_several_loggers_and_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch)
     record = found["run"]
     assert [m.step for m in client.get_metric_history(record.info.run_id, "val/acc")] == steps
     assert record.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
-    assert record.info.status == "FINISHED" and record.data.params["resume"] == "None"  # params of the start
+    assert record.info.status == "FINISHED" and record.data.params["seed"] == "0"  # params of the start
 
     kept = {"trainer.gradient_clip_val": 100.0, "trainer.limit_train_batches": 1.0}
     saved = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["hyper_parameters"]

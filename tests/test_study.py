@@ -17,6 +17,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata
 
 from mnist_lab import compare, study
 from mnist_lab.config import check_keys, compose
@@ -47,6 +48,12 @@ def epochs_logged(run: Path) -> int:
 
 
 # The search space ---------------------------------------------------------------------------------
+
+def test_search_space_described_as_text():
+    assert study.describe(FloatDistribution(1e-5, 1.0, log=True)) == "log scale from 1e-05 to 1.0"
+    assert study.describe(IntDistribution(32, 128, step=32)) == "whole numbers from 32 to 128 in steps of 32"
+    assert study.describe(CategoricalDistribution(["mlp", "convnet"])) == "one of mlp, convnet"
+
 
 def test_search_space_in_hydras_grammar():
     space, fixed = study.search_space(["optimizer.lr=tag(log, interval(1e-5, 1.0))", "model=choice(mlp,convnet)",
@@ -170,6 +177,8 @@ def test_sigterm_stops_the_study_and_the_same_command_continues_it(stopped_and_c
     runs = sorted((p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")),
                   key=lambda p: int(p.name.split("_")[0]))
     assert [int(p.name.split("_")[0]) for p in runs] == [t.number for t in trials]  # one folder per trial number
+    # named by the searched value, to 3 significant digits; the plain overrides (trainer.max_epochs=2) left out
+    assert [p.name for p in runs] == [f"{t.number}_mlp_optimizer.lr:{t.params['optimizer.lr']:.3g}" for t in trials]
     for number in done_first:  # the trials done before SIGTERM ran once: their folders are as they were
         run = runs[number]
         assert before[run.name] == {f.name: f.stat().st_mtime_ns for f in run.iterdir() if f.is_file()}
@@ -204,13 +213,18 @@ def test_best_yaml_plots_tensorboard_and_compare(stopped_and_continued, capsys):
     best = yaml.safe_load((sweep / "best.yaml").read_text())
     s = load(sweep / study.JOURNAL)
     assert best["best"]["trial"] == s.best_trial.number and best["best"]["value"] == s.best_value
+    assert s.metric_names == ["val/acc"]  # optuna-dashboard names the objective by it
+    assert s.user_attrs["search space: optimizer.lr"] == "one of 1e-07, 0.003, 1e+30"  # plain text, a parameter each
     assert best["best"]["params"] == {"optimizer.lr": 3e-3} and 0 <= best["best"]["test/acc"] <= 1
     assert Path(best["best"]["run"]).is_dir()
     for name in study.PLOTS:
         assert (sweep / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     events = EventAccumulator(best["best"]["run"])  # every trial is a TensorBoard run with its hyperparameters
     events.Reload()
-    assert b"optimizer.lr" in events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = events.PluginTagToContent("hparams")
+    assert b"optimizer.lr" in hparams["_hparams_/session_start_info"]
+    experiment = metadata.parse_experiment_plugin_data(hparams[metadata.EXPERIMENT_TAG])
+    assert {h.name for h in experiment.hparam_infos if h.differs} == {"model.name", "optimizer.lr"}  # searched first
     assert compare.main([str(sweep)]) == 0
     assert "| mlp " in capsys.readouterr().out
 

@@ -20,7 +20,7 @@ from mnist_lab import compare, runs, sweeps
 from mnist_lab.figures import FIGURES
 from tests.conftest import tiny_overrides
 
-SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "time/epoch_s"}
+SCALARS = {"train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc", "train/epoch_s"}
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
@@ -39,11 +39,33 @@ def sweep(tiny_mnist, tmp_path_factory):
     return root / "sweep"
 
 
-def test_runs_named_by_variant(sweep):
+def test_runs_named_by_what_varies(sweep):
     names = sorted(p.name for p in runs.find_runs(sweep))
-    assert len(names) == 4
-    assert names[0].startswith("0_mlp_") and "seed:0" in names[0] and "model" not in names[0]
-    assert {n.split("_")[1] for n in names} == {"mlp", "convnet"}
+    assert names == ["0_mlp_seed:0", "1_mlp_seed:1", "2_convnet_seed:0", "3_convnet_seed:1"]  # no constant in them
+    assert all(len(n) <= 30 for n in names)
+    record = yaml.safe_load((sweep / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+    assert {"trainer.max_epochs=2", "data.batch_size=32"} <= set(record)  # the constants, said once
+    found, shared = compare.by_what_varies([compare.read_run(p) for p in runs.find_runs(sweep)])
+    assert [r.variant for r in found] == ["mlp", "mlp", "convnet", "convnet"]  # compare's variants: the same
+    assert {"trainer.max_epochs=2", "data.batch_size=32", "data.val_size=100"} <= set(shared)
+    assert not any(o.startswith(("data.data_dir", "threads", "seed")) for o in shared)
+
+
+def test_a_sweep_begun_with_names_from_every_override_keeps_them():
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create({"hydra": {"overrides": {"hydra": ["hydra.mode=MULTIRUN"]},
+                                         "job": {"config": {"override_dirname": {"exclude_keys": ["model"]}}}}})
+    jobs = [["model=mlp", "seed=0", "trainer.max_epochs=2"], ["model=mlp", "seed=1", "trainer.max_epochs=2"]]
+    before = OmegaConf.to_container(config)
+    sweeps.name_by_what_varies(config, jobs, (["model=mlp", "seed=0,1", "trainer.max_epochs=2"], []))
+    assert OmegaConf.to_container(config) == before  # its record has no exclude_keys: its names stay
+    sweeps.name_by_what_varies(config, jobs, None)  # a new sweep: its constants leave the names
+    assert list(config.hydra.job.config.override_dirname.exclude_keys) == ["model", "trainer.max_epochs"]
+    assert config.hydra.overrides.hydra[-1] == f"{sweeps.EXCLUDE_KEYS}=[model,trainer.max_epochs]"
+    again = OmegaConf.to_container(config)
+    sweeps.name_by_what_varies(config, jobs, (["seed=0,1"], list(config.hydra.overrides.hydra)))
+    assert OmegaConf.to_container(config) == again  # resume=: the saved override already says it
 
 
 def test_event_files_hold_scalars_hparams_and_images(sweep):
@@ -52,7 +74,7 @@ def test_event_files_hold_scalars_hparams_and_images(sweep):
         events.Reload()
         tags = events.Tags()
         assert SCALARS <= set(tags["scalars"]), run.name
-        assert len(events.Scalars("val/acc")) == 2 and len(events.Scalars("time/epoch_s")) == 2
+        assert len(events.Scalars("val/acc")) == 2 and len(events.Scalars("train/epoch_s")) == 2
         assert {"test/predictions", "test/confusion_matrix"} <= set(tags["images"]), run.name
         assert "epoch" not in tags["scalars"]  # Lightning's epoch-against-step chart, first in the Scalars tab
         assert all(math.isfinite(e.value) for tag in tags["scalars"] for e in events.Scalars(tag))  # no NaN
@@ -69,7 +91,9 @@ def test_event_files_hold_scalars_hparams_and_images(sweep):
         start = metadata.parse_session_start_info_plugin_data(hparams[metadata.SESSION_START_INFO_TAG]).hparams
         assert start["data.normalize"].WhichOneof("kind") == "bool_value" and start["data.normalize"].bool_value
         assert start["model.name"].string_value == run.name.split("_")[1]
-        assert start["seed"].number_value in (0, 1)
+        assert start["seed"].string_value in ("0", "1")  # whole numbers read as such (no 0.0000)
+        assert start["data.batch_size"].string_value == "32"
+        assert start["optimizer.lr"].WhichOneof("kind") == "number_value"
 
 
 def test_compare_table_and_png(sweep, capsys):
@@ -80,8 +104,9 @@ def test_compare_table_and_png(sweep, capsys):
     mlp = next(r for r in rows if r.startswith("| mlp"))
     assert "407,050" in mlp and "| 2 |" in mlp and "±" in mlp
     assert "93,322" in next(r for r in rows if r.startswith("| convnet"))
-    pair = next(line for line in out.splitlines() if line.startswith("- convnet"))  # convnet ... - mlp ...
-    assert " - mlp " in pair and " test acc, 95% CI [" in pair and "; 2 seeds: " in pair
+    assert out.startswith("4 runs; seeds 0, 1; every run: ")  # the constants, once
+    pair = next(line for line in out.splitlines() if line.startswith("- convnet"))
+    assert pair.startswith("- convnet - mlp: ") and " test acc, 95% CI [" in pair and "; 2 seeds: " in pair
     assert out.startswith((sweep / "compare.md").read_text())  # the file holds what was printed
     assert (sweep / "compare.csv").read_text().startswith("variant,metric,n,mean,std,ci_low,ci_high,seeds,values")
     png = sweep / "curves.png"

@@ -6,11 +6,12 @@
     python -m mnist_lab.compare outputs/sweeps --pool                 # the runs of several sweeps together
 
 Reads each run's logged scalars back with mnist_lab.loggers.read_scalars. A variant is a run's model
-plus its overrides other than the seed and the keys its sweep left out of the run folders' names
-(hydra.job.config.override_dirname.exclude_keys); a variant's runs with different seeds are its samples, and
-a seed counts once: runs of one variant with the same seed (the same sweep run twice, pooled) are named and
-their values averaged into that seed's one sample. A folder holding the runs of several sweeps is compared
-only with --pool (without it compare says so and stops): each sweep is its own experiment.
+plus its overrides other than the seed, the keys its sweep left out of the run folders' names
+(hydra.job.config.override_dirname.exclude_keys: a sweep's constants among them) and any override every
+run shares (said once, above the table); a variant's runs with different seeds are its samples, and a seed
+counts once: runs of one variant with the same seed (the same sweep run twice, pooled) are named and their
+values averaged into that seed's one sample. A folder holding the runs of several sweeps is compared only
+with --pool (without it compare says so and stops): each sweep is its own experiment.
 
 For every variant: best val accuracy and test accuracy as mean ± sample std, the test accuracy's 95%
 bootstrap confidence interval for the mean over seeds (percentile bootstrap, 10,000 resamples, seeded), and
@@ -40,7 +41,7 @@ import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from mnist_lab import drawing, runs, usage
-from mnist_lab.config import chosen_loggers, override_key
+from mnist_lab.config import NOT_HPARAMS, among, chosen_loggers, override_key
 from mnist_lab.loggers import read_scalars
 from mnist_lab.models import build_model
 
@@ -49,6 +50,7 @@ MIN_SEEDS = 5  # shared seeds for a verdict: with fewer, 1 pair in 5 or more tha
 # (scripts/bench_compare.py; at 5 still 1 in 6, at 10 1 in 10: the percentile bootstrap is narrow at small n)
 LEVEL = 0.95  # confidence level of the intervals
 TB_FOLDER = "compare_tb"  # --tensorboard's runs, in the sweep folder
+EPOCH_S = ("train/epoch_s", "time/epoch_s")  # seconds per training epoch (time/: runs logged before train/)
 
 
 @dataclass
@@ -61,6 +63,8 @@ class Run:
     train_acc: list[float]  # per epoch
     test_acc: float | None
     epoch_s: float | None
+    overrides: tuple[str, ...] = ()  # all of the run's overrides
+    names: tuple[str, ...] = ()  # those that may tell variants apart (the variant: the model and these)
 
 
 def sweeps_of(paths: list[Path], folder: Path) -> dict[Path | None, list[Path]]:
@@ -88,13 +92,32 @@ def read_run(path: Path) -> Run:
     run = runs.RunDir(path)
     config = yaml.safe_load(run.config.read_text()) or {}
     model = config.get("model", {}).get("name", "?")
+    overrides = run.saved_overrides()
     ignored = {"seed", "model", *left_out_of_names(run.hydra_record)}
-    rest = [o for o in run.saved_overrides() if override_key(o) not in ignored]
-    scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", "time/epoch_s"), chosen_loggers(config))
-    test, epoch_s = scalars.get("test/acc"), scalars.get("time/epoch_s")
+    rest = [o for o in overrides if override_key(o) not in ignored]
+    scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", *EPOCH_S), chosen_loggers(config))
+    test = scalars.get("test/acc")
+    epoch_s = next((scalars[tag] for tag in EPOCH_S if scalars.get(tag)), None)
     return Run(path, " ".join([model, *rest]), config.get("seed"), count_params(config.get("model", {})),
                scalars.get("val/acc", []), scalars.get("train/acc", []), test[-1] if test else None,
-               statistics.median(epoch_s) if epoch_s else None)
+               statistics.median(epoch_s) if epoch_s else None, tuple(overrides or []), tuple(rest))
+
+
+def by_what_varies(found: list[Run]) -> tuple[list[Run], list[str]]:
+    """(the runs, named by what varies: an override every run has is dropped from the variant names (a sweep's
+    constants, where its run folders' names still hold them); those overrides, less where the runs read and
+    wrote and how they showed themselves (config.NOT_HPARAMS), for the header)."""
+    shared = [o for o in found[0].overrides if all(o in r.overrides for r in found[1:])] if len(found) > 1 else []
+    for r in found:
+        r.variant = " ".join([r.variant.split(" ", 1)[0], *(o for o in r.names if o not in shared)])
+    return found, [o for o in shared if not among(override_key(o), NOT_HPARAMS)]
+
+
+def header(found: list[Run], shared: list[str]) -> str:
+    """What every run has in common, said once above the table: 'Every run: trainer.max_epochs=2 ...'."""
+    seeds = sorted({r.seed for r in found if r.seed is not None})
+    parts = [f"{len(found)} runs", f"seeds {', '.join(map(str, seeds))}" if seeds else ""]
+    return "; ".join(p for p in parts if p) + (f"; every run: {' '.join(shared)}" if shared else "")
 
 
 def left_out_of_names(hydra_yaml: Path) -> list[str]:
@@ -336,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(groups) > 1 and not args.pool:
         print(several_sweeps(groups, args.sweep), file=sys.stderr)
         return 1
-    found = [read_run(p) for p in paths]
-    text = table(found, args.sweep)
+    found, shared = by_what_varies([read_run(p) for p in paths])
+    text = header(found, shared) + "\n\n" + table(found, args.sweep)
     print(text)
     md = runs.write_text(args.sweep / "compare.md", text + "\n")
     csv_path = write_csv(found, args.sweep / "compare.csv")

@@ -20,10 +20,11 @@ from mnist_lab.runs import atomic_path  # noqa: E402
 DPI = 100
 
 
-def save(fig, path: str | Path) -> Path:
-    """Write `fig` as a PNG to `path` atomically (runs.atomic_path), close it, and return `path`."""
+def save(fig, path: str | Path, tight: bool = False) -> Path:
+    """Write `fig` as a PNG to `path` atomically (runs.atomic_path), close it, and return `path`; `tight`: the
+    picture grown or cropped to what is drawn (a figure made elsewhere, whose labels may stick out)."""
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png")
+        fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight" if tight else None)
     plt.close(fig)
     return Path(path)
 

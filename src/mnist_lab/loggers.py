@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from lightning.pytorch.core.saving import save_hparams_to_yaml
@@ -55,6 +56,15 @@ class RunTensorBoardLogger(TensorBoardLogger):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
+class RunMLFlowLogger(MLFlowLogger):
+    """Lightning's MLFlowLogger without the `epoch` metric (a chart of its own in MLflow's UI), and with each
+    value as the shortest decimal of the float32 it was computed in (0.9332, not 0.9332000017166138)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics({k: v if isinstance(v, str) else float(str(np.float32(v)))
+                             for k, v in metrics.items() if k != "epoch"}, step)
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -111,15 +121,56 @@ def mlflow_store(run: RunDir) -> Path:
 
 def mlflow_client(settings: Mapping, run: RunDir) -> tuple[Any, str, str | None]:
     """(MlflowClient, tracking URI, artifact location) for a run: logger.mlflow.tracking_uri, or the local
-    store (SQLite, artifacts beside it)."""
+    store (SQLite, artifacts beside it). A new local store is made here, quietly (MLflow announces its
+    tables on the console), with its artifacts in the store: MLflow's own default would put the "Default"
+    experiment's in the working directory."""
     from mlflow import MlflowClient  # an optional extra: pip install -e '.[mlflow]'
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
     if settings.get("tracking_uri"):
         return MlflowClient(settings["tracking_uri"]), settings["tracking_uri"], None
     store = mlflow_store(RunDir(run.path.resolve()))
     store.mkdir(parents=True, exist_ok=True)
-    uri = f"sqlite:///{store / 'mlflow.db'}"
-    return MlflowClient(uri), uri, (store / "artifacts").as_uri()
+    uri, artifacts = f"sqlite:///{store / 'mlflow.db'}", (store / "artifacts").as_uri()
+    if not (store / "mlflow.db").is_file():
+        quiet = [logging.getLogger(name) for name in ("mlflow.store.db.utils", "alembic")]
+        levels = [q.level for q in quiet]
+        for q in quiet:
+            q.setLevel(logging.WARNING)
+        try:
+            SqlAlchemyStore(uri, artifacts)  # its tables and its first experiment, artifacts in the store
+        finally:
+            for q, level in zip(quiet, levels, strict=True):
+                q.setLevel(level)
+    return MlflowClient(uri), uri, artifacts
+
+
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3's UI: runs, not GenAI traces
+SQLITE_DEFAULT_EXPERIMENT = "0"  # the id of the experiment MLflow makes with every store
+
+
+def mlflow_experiment(client, name: str, artifacts: str | None) -> Any:
+    """The MLflow experiment `name`, typed as model training, so that MLflow's UI opens on its runs. In a new
+    local store it is the store's first experiment ("Default", which MLflow makes with every store), renamed:
+    the store then holds no empty experiment beside it."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None and artifacts is not None:
+        default = client.get_experiment(SQLITE_DEFAULT_EXPERIMENT)
+        if default.name == "Default" and not client.search_runs([default.experiment_id], max_results=1):
+            client.rename_experiment(default.experiment_id, name)
+        experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            client.create_experiment(name, artifact_location=artifacts)
+        except MlflowException:  # another job of the sweep created it first
+            pass
+        experiment = client.get_experiment_by_name(name)
+    if experiment.tags.get(EXPERIMENT_KIND[0]) is None:
+        client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    return experiment
+
 
 
 def mlflow_run_id(client, experiment_id: str, name: str) -> str | None:
@@ -140,17 +191,9 @@ def mlflow_logger(settings: Mapping, run: RunDir) -> MLFlowLogger:
     it already has (resume=, a requeued job)."""
     client, uri, artifacts = mlflow_client(settings, run)
     name = settings.get("experiment_name", "mnist_lab")
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            client.create_experiment(name, artifact_location=artifacts)
-        except MlflowException:  # another job of the sweep created it first
-            pass
-        experiment = client.get_experiment_by_name(name)
+    experiment = mlflow_experiment(client, name, artifacts)
     run_id = mlflow_run_id(client, experiment.experiment_id, run.path.name)
-    return MLFlowLogger(experiment_name=name, run_name=run.path.name, tracking_uri=uri, run_id=run_id)
+    return RunMLFlowLogger(experiment_name=name, run_name=run.path.name, tracking_uri=uri, run_id=run_id)
 
 
 class HParams(L.Callback):
@@ -160,7 +203,7 @@ class HParams(L.Callback):
     TensorBoard's HPARAMS tab gets them through its own summary API (Lightning's passes booleans as
     numbers, and registers the metric columns by logging placeholder values at step 0): the keys that
     tell runs apart first (tensorboard_hparams), booleans and strings as such, and as metric columns
-    the run's own val/ and test/ scalars (their last values)."""
+    the run's own val/ and test/ scalars (their last values); whole numbers as text, to read as typed."""
 
     def on_fit_start(self, trainer, module) -> None:
         config = module.hparams.get("config")
@@ -168,10 +211,11 @@ class HParams(L.Callback):
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
+                logger.hparams.update(tensorboard_hparams(config, [])[0])  # its hparams.yaml, as the CSV logger's
                 if trainer.is_global_zero:  # the other ranks' experiment is a stand-in that writes nothing
                     write_tensorboard_hparams(logger, config, swept_keys(config))
-            else:
-                logger.log_hyperparams(flatten(config))
+            else:  # CSV (hparams.yaml), MLflow (params): what TensorBoard's HPARAMS shows
+                logger.log_hyperparams(tensorboard_hparams(config, swept_keys(config))[0])
 
 
 HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # HPARAMS' metric columns, in this order
@@ -179,8 +223,9 @@ HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # HPARAMS' me
 
 def swept_keys(config: Mapping) -> list[str]:
     """The config keys a sweep varies (model=mlp,convnet -> model.name), in the sweep's order, read from the
-    sweep folder's record of its command line; a job without one (another sweeper's): the keys its own
-    overrides set. None outside a sweep. What tells the runs apart, so TensorBoard shows them first."""
+    sweep folder's record of its command line; a job without one (a study's): the keys its own overrides
+    set, less those left out of run folders' names. None outside a sweep. What tells the runs apart, so
+    TensorBoard shows them first."""
     if not in_sweep():
         return []
     hydra_cfg = HydraConfig.get()
@@ -188,8 +233,9 @@ def swept_keys(config: Mapping) -> list[str]:
     if saved is not None:
         parsed = OverridesParser.create().parse_overrides(saved[0])
         names = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
-    else:
-        names = [override_key(o) for o in hydra_cfg.overrides.task]
+    else:  # less the keys every job has the same (a study's plain overrides), which leave run names too
+        left_out = set(hydra_cfg.job.config.override_dirname.exclude_keys)
+        names = [override_key(o) for o in hydra_cfg.overrides.task if override_key(o) not in left_out]
     flat = flatten(config)
     keys = []
     for key in names:
@@ -214,7 +260,10 @@ def write_tensorboard_hparams(logger: TensorBoardLogger, config: Mapping, swept:
     need TensorFlow). TensorBoard sorts the columns by `differs`, then by name: the swept keys and the
     model are marked, so they come first."""
     params, first = tensorboard_hparams(config, swept)
-    kinds = {bool: "DATA_TYPE_BOOL", int: "DATA_TYPE_FLOAT64", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
+    # whole numbers as text: the protos have no integer type and the tab prints every number to 5 significant
+    # digits (seed 0 as 0.0000, batch size 128 as 128.00); as text they read as typed (sorted as text)
+    params = {k: str(v) if type(v) is int else v for k, v in params.items()}
+    kinds = {bool: "DATA_TYPE_BOOL", float: "DATA_TYPE_FLOAT64", str: "DATA_TYPE_STRING"}
     infos = [api_pb2.HParamInfo(name=k, type=api_pb2.DataType.Value(kinds[type(v)]), differs=k in first)
              for k, v in params.items()]
     validates = (config.get("data") or {}).get("val_size", 1) > 0

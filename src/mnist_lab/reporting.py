@@ -22,7 +22,7 @@ from mnist_lab.runs import RunDir
 
 
 class EpochTime(L.Callback):
-    """Logs `time/epoch_s`: wall seconds of each training epoch (validation excluded), and keeps them
+    """Logs `train/epoch_s`: wall seconds of each training epoch (validation excluded), and keeps them
     in `seconds`. On a GPU it waits for the device at both ends, so queued work counts."""
 
     def __init__(self):
@@ -41,7 +41,7 @@ class EpochTime(L.Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         self.seconds.append(self._now(module) - self.start)
-        module.log("time/epoch_s", self.seconds[-1], on_epoch=True, reduce_fx="max")
+        module.log("train/epoch_s", self.seconds[-1], on_epoch=True, reduce_fx="max")
 
 
 class EpochLines(Checkpoint):
@@ -60,8 +60,8 @@ class EpochLines(Checkpoint):
         metrics = trainer.callback_metrics
         parts = [f"{stage} loss {float(metrics[f'{stage}/loss']):.4f} acc {float(metrics[f'{stage}/acc']):.4f}"
                  for stage in ("train", "val") if f"{stage}/loss" in metrics and f"{stage}/acc" in metrics]
-        if "time/epoch_s" in metrics:
-            parts.append(f"{float(metrics['time/epoch_s']):.1f} s")
+        if "train/epoch_s" in metrics:
+            parts.append(f"{float(metrics['train/epoch_s']):.1f} s")
         log.info(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {', '.join(parts)}")
 
 

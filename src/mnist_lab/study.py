@@ -5,7 +5,7 @@ src/hydra_plugins/mnist_lab_optuna/, its config conf/hydra/sweeper/optuna.yaml).
         'optimizer.lr=tag(log, interval(1e-5, 1.0))' 'model=choice(mlp,convnet)'
 
 writes into the sweep folder: optuna.journal (the study), a run folder per trial, named by trial number
-(<trial>_<model>_<overrides>/, each with a trial.yaml: state, value, epochs, error), best.yaml, and
+(<trial>_<model>_<searched values>/, each with a trial.yaml: state, value, epochs, error), best.yaml, and
 optimization_history.png, param_importances.png, slice.png, intermediate_values.png. Running the same command
 again continues the study until it holds n_trials finished or pruned trials.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import threading
@@ -43,7 +44,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from mnist_lab import config
+from mnist_lab import config, sweeps
 from mnist_lab.config import flatten
 from mnist_lab.errors import ConfigError, Interrupted, ObjectiveError, StudyError
 from mnist_lab.runs import RunDir, write_text
@@ -110,6 +111,20 @@ def search_space(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
             raise ConfigError(f"search space {line}: {type(value).__name__.lower()}() is not a search space; "
                               "use choice(), range() or interval()")
     return space, fixed
+
+
+SPACE = "search space: "  # the study's user attributes that say what it searches, one a parameter
+
+
+def describe(distribution: Any) -> str:
+    """A search dimension as optuna-dashboard shows it: 'log scale from 1e-05 to 1.0', 'one of mlp, convnet',
+    '32 to 128 in steps of 32'."""
+    if hasattr(distribution, "choices"):
+        return "one of " + ", ".join(map(str, distribution.choices))
+    scale = "log scale from " if distribution.log else "from "
+    step = f" in steps of {distribution.step}" if distribution.step not in (None, 1) else ""
+    kind = "whole numbers " if isinstance(distribution.low, int) else ""
+    return f"{kind}{scale}{distribution.low} to {distribution.high}{step}"
 
 
 def ends(distribution: Any) -> tuple[Any, Any]:
@@ -267,6 +282,7 @@ class StudySweep:
                               "1e-5, 1.0))' or 'model=choice(mlp,convnet)' (or hydra.sweeper.params)")
         config.check_keys(overrides)  # as on the command line: "did you mean ...?"
         self.check_space(space, fixed)
+        sweeps.name_by_what_varies(self.config, [fixed], None)  # the plain overrides: kept out of run names
         study = self.open_study(space)
         self.fail_left_running(study)
         previous = self.catch_signals()
@@ -275,6 +291,18 @@ class StudySweep:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def folder_name(self, number: int, params: dict[str, Any]) -> list[str]:
+        """The override naming a trial's run folder by what the study searches: <trial>_<model>_<key>:<value>+...
+        (hydra.sweep.subdir's form), sampled numbers to 3 significant digits (the trial number keeps names
+        unique); none where the command line sets hydra.sweep.subdir."""
+        if any(sweeps.override_key(o) == "hydra.sweep.subdir" for o in self.config.hydra.overrides.hydra):
+            return []
+        dirname = self.config.hydra.job.config.override_dirname
+        items = sorted(f"{k}{dirname.kv_sep}{f'{v:.3g}' if isinstance(v, float) else v}"
+                       for k, v in params.items() if k not in dirname.exclude_keys)
+        model = params.get("model", "${model.name}")
+        return [f"hydra.sweep.subdir='{number}_{model}_{dirname.item_sep.join(items)}'"]
 
     def check_space(self, space: dict[str, Any], fixed: list[str]) -> None:
         """Compose and validate a trial's config with every choice and both ends of every range (one at a time):
@@ -297,22 +325,28 @@ class StudySweep:
 
     def open_study(self, space: dict[str, Any]) -> optuna.Study:
         import optuna
-        from optuna.distributions import distribution_to_json
+        from optuna.distributions import json_to_distribution
 
         location = storage_location(self.storage, str(self.sweep_dir))
         self.opened = open_storage(location)
         study = optuna.create_study(storage=self.opened, study_name=self.study_name,
                                     direction=self.direction, load_if_exists=True)
         spec = {"metric": self.metric, "direction": self.direction,
-                "search_space": {k: distribution_to_json(d) for k, d in space.items()}}
-        saved = {k: study.user_attrs[k] for k in spec if k in study.user_attrs}
+                **{f"{SPACE}{k}": describe(d) for k, d in space.items()}}
+        attrs = study.user_attrs
+        saved = {k: v for k, v in attrs.items() if k in ("metric", "direction") or k.startswith(SPACE)}
+        if "search_space" in attrs:  # a study begun when the space was kept as JSON, in one attribute
+            saved.update((f"{SPACE}{k}", describe(json_to_distribution(v))) for k, v in attrs["search_space"].items())
         if not saved:
             for k, v in spec.items():
                 study.set_user_attr(k, v)
         elif saved != spec or study.direction.name.lower() != self.direction:
+            keys = ", ".join(k[len(SPACE):] for k in saved if k.startswith(SPACE))
             raise StudyError(f"{location} holds study {self.study_name!r} of {saved.get('direction')} "
-                             f"{saved.get('metric')} over {', '.join(saved.get('search_space', {}))}, not this one: "
+                             f"{saved.get('metric')} over {keys}, not this one: "
                              "run it with its own search space, or give a new hydra.sweep.dir")
+        if study.metric_names is None:
+            study.set_metric_names([self.metric])  # optuna-dashboard's name for the objective
         trials = study.get_trials(deepcopy=False)
         seed = {"seed": self.sampler["seed"] + len(trials)} if self.sampler and self.sampler.get("seed") is not None \
             else {}  # a continued study must not draw its first trials' parameters again
@@ -350,8 +384,8 @@ class StudySweep:
             if [t.number for t in trials] != list(range(first, first + len(trials))):
                 raise StudyError(f"another process is adding trials to study {self.study_name!r} in "
                                  f"{self.location}: run one sweep per study")
-            overrides = [[*fixed, *(as_override(k, v) for k, v in t.params.items()), f"hydra.sweeper.trial={t.number}"]
-                         for t in trials]
+            overrides = [[*fixed, *(as_override(k, v) for k, v in t.params.items()), f"hydra.sweeper.trial={t.number}",
+                          *self.folder_name(t.number, t.params)] for t in trials]
             try:
                 returns: list[Any] = list(self.launcher.launch(overrides, initial_job_idx=first))
             except Exception as err:  # e.g. a Slurm job that died: the trials that told the study still count
@@ -496,7 +530,29 @@ def plot_study(study: optuna.Study, folder: Path, metric: str) -> None:
                 drawing.close(figure)
                 log.info(f"no {name}.png yet: {said.lines[0]}")
                 continue
-            drawing.save(figure, folder / f"{name}.png")
+            drawing.save(legible(figure), folder / f"{name}.png", tight=True)  # tight: Optuna's cut long names
+
+
+def legible(fig: Any) -> Any:
+    """Optuna's plot with whole numbers where only they make sense (trials, epochs: no 1.2, 1.4 ticks), and
+    log-scale axes labelled at powers of ten, or within two decades at 1, 2 and 5 times them, as plain
+    numbers (Optuna's labels every minor tick, and those overlap)."""
+    from matplotlib.ticker import FuncFormatter, LogFormatterSciNotation, LogLocator, MaxNLocator, NullFormatter
+
+    for ax in fig.axes:
+        if ax.get_label() == "<colorbar>" or ax.get_xlabel() in ("epoch", "Trial"):  # the trial number's colours
+            (ax.yaxis if ax.get_label() == "<colorbar>" else ax.xaxis).set_major_locator(MaxNLocator(integer=True))
+        if ax.get_xscale() == "log":
+            low, high = sorted(ax.get_xlim())
+            decades = math.log10(high / low) if low > 0 else math.inf
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0,) if decades > 2 else (1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(LogFormatterSciNotation() if decades > 2
+                                         else FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(max(width, 3.2 * len(panels) + 1), height)  # slice.png: a panel per parameter
+    return fig
 
 
 class OptunaLines(logging.Handler):

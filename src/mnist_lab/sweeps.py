@@ -34,7 +34,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf, open_dict, read_write
 
 from mnist_lab import figures, runs
 from mnist_lab.config import RESUME_MAY_SET, override_key
@@ -92,6 +92,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
             raise ConfigError(f"sweep {sweep_dir} was started with other overrides: {'; '.join(changes)}. "
                               f"Continue it with its own (python -m mnist_lab.train -m resume={sweep_dir}), "
                               "or give a new hydra.sweep.dir")
+    name_by_what_varies(sweeper.config, [o for batch in batches for o in batch], saved)
     jobs, num = [], 0
     for batch in batches:
         jobs.append([(num + i, list(overrides)) for i, overrides in enumerate(batch)])
@@ -135,6 +136,34 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
     for ret in ordered:
         _ = ret.return_value  # raises the first failure, as Hydra's sweeper does (exit status 1)
     return ordered
+
+
+EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"  # the keys left out of run folders' names
+
+
+def constant_keys(jobs: list[list[str]]) -> list[str]:
+    """The keys that every one of a sweep's jobs (their override lists) sets to the same value, in order."""
+    values: dict[str, set[str]] = {}
+    for overrides in jobs:
+        for o in overrides:
+            values.setdefault(override_key(o).split("@", 1)[0], set()).add(o.split("=", 1)[-1])
+    return [k for k, v in values.items() if len(v) == 1]
+
+
+def name_by_what_varies(config: Any, jobs: list[list[str]], saved: tuple[list[str], list[str]] | None) -> None:
+    """Run folders named by the keys the sweep varies (0_mlp_seed:0), its constants said once in its record:
+    the constant keys join hydra.job.config.override_dirname.exclude_keys, through a Hydra override on the
+    sweep's config that every job composes with (and that the record keeps for resume=). Left alone where
+    the command line sets exclude_keys itself, and for a sweep begun without it: its folders keep their names."""
+    if any(override_key(o) == EXCLUDE_KEYS for o in config.hydra.overrides.hydra):
+        return
+    if saved is not None and not any(override_key(o) == EXCLUDE_KEYS for o in saved[1]):
+        return
+    keys = list(config.hydra.job.config.override_dirname.exclude_keys)
+    keys += [k for k in constant_keys(jobs) if k not in keys]
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.overrides.hydra.append(f"{EXCLUDE_KEYS}=[{','.join(keys)}]")
+        config.hydra.job.config.override_dirname.exclude_keys = keys
 
 
 def job_folder(sweeper: Any, num: int, overrides: list[str]) -> Path:
