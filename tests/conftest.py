@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,24 @@ def make_cfg():
     return _make
 
 
+@contextlib.contextmanager
+def ctrl_c_default():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the block, the previous one restored after: pytest
+    started as a background job (`make test &`) has SIGINT ignored, which a run keeps ignoring."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def ctrl_c():
+    """For a test that sends itself SIGINT: Python's default handler during the test (ctrl_c_default)."""
+    with ctrl_c_default():
+        yield
+
+
 def train_interrupted(make_cfg, overrides: list[str], out: Path, when, sig: int, match: str, monkeypatch) -> list[str]:
     """Train `overrides` into `out`, sending `sig` once, inside the first fast-path chunk for which
     when(runner, xs) holds; the run must stop with Interrupted matching `match`. Returns the overrides into
@@ -106,7 +126,7 @@ def train_interrupted(make_cfg, overrides: list[str], out: Path, when, sig: int,
         return original(self, xs, ys)
 
     cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, ctrl_c_default():
         m.setattr(ChunkRunner, "__call__", interrupted)
         with pytest.raises(Interrupted, match=match):
             train(make_cfg(cut))

@@ -99,7 +99,8 @@ def test_nonfinite_loss_stops_at_once_and_keeps_best(tiny_mnist, tmp_path, make_
 # 4. Interruption and resume -----------------------------------------------------------------
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_saves_and_resume_matches_uninterrupted(tiny_mnist, tmp_path, make_cfg, monkeypatch, sig):
+def test_interrupt_saves_and_resume_matches_uninterrupted(tiny_mnist, tmp_path, make_cfg, monkeypatch, sig,
+                                                          ctrl_c):
     # one step per training_step; inside a chunk of steps (the fast path): tests/test_fastpath.py
     overrides = tiny_overrides(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3", "fast.enabled=false"]
     whole = train(make_cfg(overrides))
@@ -126,6 +127,29 @@ def test_interrupt_saves_and_resume_matches_uninterrupted(tiny_mnist, tmp_path, 
     assert [p for p in out.iterdir() if p.is_dir()] == [out / "checkpoints"]  # the same TensorBoard run
     assert len(list(out.glob("events.out.tfevents.*"))) > len(list((tmp_path / "whole").glob("events.*")))
     assert not list(out.glob("checkpoints/*-v1.ckpt"))
+
+
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
+    # a shell starts a background job (`make test &`) with SIGINT ignored: a Ctrl-C meant for the foreground
+    from types import SimpleNamespace
+
+    from mnist_lab.guards import GracefulInterrupt
+    from mnist_lab.study import StudySweep
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        guard = GracefulInterrupt(tmp_path)
+        guard.on_train_start(SimpleNamespace(world_size=1), None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == guard._handle  # SIGTERM is still caught
+        guard.on_train_end(None, None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        study = StudySweep("val/acc", "maximize", 1, 1, 1, None, "s", None, None)
+        restore = study.catch_signals()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and list(restore) == [signal.SIGTERM]
+        signal.signal(signal.SIGTERM, restore[signal.SIGTERM])
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_resume_of_a_folder_without_checkpoint(tmp_path, make_cfg, tiny_mnist):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,4 +209,32 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     """Write `text` to `path` atomically; returns `path`."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def cut_torn_tail(path: str | os.PathLike) -> Path | None:
+    """Cut off the last line of the append-only file of lines `path` where it lacks its newline (a write cut
+    short by a crash or a full disk), keeping the piece in `<name>.torn-<UTC time>` beside it; returns that
+    file, or None where the file ends whole. The caller holds the file's writers' lock: no write is under way."""
+    path = Path(path)
+    with open(path, "rb+") as f:
+        data = f.read()
+        if not data or data.endswith(b"\n"):
+            return None
+        keep = data.rfind(b"\n") + 1  # 0: the file is one torn line
+        kept = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+        n = 1
+        while kept.exists():
+            kept, n = kept.with_name(f"{kept.name.split('~')[0]}~{n}"), n + 1
+        write_bytes(kept, data[keep:])
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+    return kept
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically; returns `path`."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
