@@ -255,3 +255,28 @@ def test_a_folder_holding_another_study_is_refused(stopped_and_continued, tiny_m
         f"{sweep / study.JOURNAL} holds study 'mnist_lab' of maximize val/acc over optimizer.lr, not this one: run "
         "it with its own search space, or give a new hydra.sweep.dir")
     assert len(load(sweep / study.JOURNAL).trials) == trials
+
+
+def test_a_torn_journal_tail_is_cut_off_and_the_study_goes_on(tiny_mnist, tmp_path):
+    # a crash or a full disk in the middle of an append: the record of trial 2's end is half written
+    sweep = tmp_path / "sweep"
+    args = [f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=3", "optimizer.lr=choice(1e-3,3e-3)",
+            *sweep_overrides(tiny_mnist, tmp_path), "trainer.max_epochs=1"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    journal = sweep / study.JOURNAL
+    whole = journal.read_bytes()
+    last = whole[:-1].rsplit(b"\n", 1)[1] + b"\n"
+    assert b'"state":1' in last  # trial 2 finished: its last record
+    torn = whole[len(whole) - len(last):len(whole) - len(last) // 2]
+    journal.write_bytes(whole[:len(whole) - len(last) // 2])
+
+    again = run_cli(args, cwd=tmp_path)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    kept = list(sweep.glob(f"{study.JOURNAL}.torn-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == torn
+    said = [line for line in (again.stdout + again.stderr).splitlines() if "torn record" in line]
+    assert len(said) == 1 and said[0].endswith(f"{study.JOURNAL} ended in a torn record ({len(torn)} bytes, "
+                                               f"a write cut short): cut off and kept in {kept[0].name}; the "
+                                               "study continues from its last whole record"), said
+    states = [t.state for t in load(journal).trials]  # every line reads
+    assert states == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.COMPLETE]  # exactly n_trials done
