@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from mnist_lab.errors import CheckpointError, ConfigError, Interrupted, TrainingError
+from mnist_lab import runs
+from mnist_lab.errors import CheckpointError, ConfigError, DamagedFileError, Interrupted, TrainingError
 from mnist_lab.module import LitClassifier, load_checkpoint
 from mnist_lab.train import train
 from tests.conftest import REPO, tiny_overrides
@@ -150,6 +152,44 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
         signal.signal(signal.SIGTERM, restore[signal.SIGTERM])
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_run_restarted_after_its_last_epoch_records_every_metric(tiny_mnist, tmp_path, make_cfg):
+    # killed between its last epoch's checkpoint and its result.yaml (e.g. during the test): resume= tests it again
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_mnist, out)
+    train(make_cfg(overrides))
+    whole = (out / "result.yaml").read_text()
+    (out / "result.yaml").unlink()
+    train(make_cfg(overrides + [f"resume={out}"]))
+    metrics = runs.result_metrics(out)
+    assert set(metrics) == {f"{s}/{m}" for s in ("train", "val", "test") for m in ("loss", "acc")}
+    assert metrics == yaml.safe_load(whole)["metrics"]
+
+
+@pytest.mark.parametrize("text, problem", [
+    (None, "missing"),
+    ("", "empty"),
+    ("finished: '2026-12-07T04:26:26+00:00'\nmetrics:\n  test/acc: 0", "no train/loss, train/acc, test/loss, val/loss, "
+                                                                       "val/acc"),
+    ("metrics: {test/acc: [1,\n", "not valid YAML (line 2)"),
+    ("finished", "no metrics"),
+    ("metrics: {train/loss: 1, train/acc: 0.5, test/loss: 1, test/acc: 0.5}", "no val/loss, val/acc"),
+    ("metrics: {train/loss: 1, train/acc: 0.5, test/loss: 1, test/acc: 0.5, val/loss: 1, val/acc: .5}", None),
+])
+def test_result_yaml_is_checked_where_it_is_read(tmp_path, monkeypatch, text, problem):
+    monkeypatch.chdir(tmp_path.parent)
+    (tmp_path / "config.yaml").write_text("data: {val_size: 100}\n")
+    if text is not None:
+        (tmp_path / "result.yaml").write_text(text)
+    assert runs.result_problem(tmp_path) == problem
+    assert runs.finished(tmp_path) == (problem is None)
+    if problem is not None:
+        with pytest.raises(DamagedFileError) as err:
+            runs.result_metrics(tmp_path)
+        assert str(err.value) == (f"{tmp_path.name}/result.yaml is not a finished run's record ({problem}): test "
+                                  f"the run again with python -m mnist_lab.train resume={tmp_path.name} (in a sweep: "
+                                  "run the sweep again)")
 
 
 def test_resume_of_a_folder_without_checkpoint(tmp_path, make_cfg, tiny_mnist):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,6 +133,27 @@ def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path)
         assert all((run / f"{name}.png").is_file() for name in FIGURES), run
     assert sorted(p.name for p in compare.find_runs(killed)) == sorted(p.name for p in compare.find_runs(sweep))
     assert table_without_times(killed) == table_without_times(sweep)
+
+
+def test_a_damaged_result_yaml_is_not_finished(sweep, tiny_mnist, tmp_path):
+    """A result.yaml empty, cut short, garbled or a plain string: the job is tested again from its last.ckpt
+    (nothing trained), one line naming the file, and its record is whole again."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    jobs = sorted(compare.find_runs(copy), key=lambda p: p.name)
+    whole = {job.name: yaml.safe_load((job / "result.yaml").read_text()) for job in jobs}
+    damage = ["", "finished: '2026-12-07T04:26:26+00:00'\nmetrics:\n  test/acc: 0", "metrics: {test/acc: [1,\n", "done"]
+    for job, text in zip(jobs, damage, strict=True):
+        (job / "result.yaml").write_text(text)
+    again = subprocess.run(sweep_command(tiny_mnist, copy), capture_output=True, text=True, timeout=600, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    for job, problem in zip(jobs, ["empty", "no train/loss, train/acc, test/loss, val/loss, val/acc",
+                                   "not valid YAML (line 2)", "no metrics"], strict=True):
+        assert f"{job / 'result.yaml'} is not a whole record ({problem}): tested again from its last.ckpt" in log
+    assert again.stdout.count("test: ") == 4 and "epoch 1/2" not in again.stdout  # tested, not trained
+    for job in jobs:
+        assert yaml.safe_load((job / "result.yaml").read_text())["metrics"] == whole[job.name]["metrics"], job.name
 
 
 def test_resume_with_the_sweep_folder_alone(tmp_path):

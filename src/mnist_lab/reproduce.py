@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from mnist_lab import runs
+from mnist_lab.errors import DamagedFileError
 
 ACC_TOL = 0.005  # absolute, on accuracies
 LOSS_RTOL = 0.10  # relative, on losses
@@ -34,7 +35,7 @@ TAGS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc
 
 def recorded_metrics(run: runs.RunDir, config: dict) -> dict[str, float]:
     """The run's final metrics: result.yaml's, else the last value of each tag its loggers hold."""
-    if run.result.is_file():
+    if run.result.is_file():  # checked: a damaged one raises DamagedFileError
         return runs.result_metrics(run.path)
     from mnist_lab.loggers import chosen, read_scalars
 
@@ -84,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     saved = yaml.safe_load(run.config.read_text()) or {}
-    old = recorded_metrics(run, saved)
+    try:
+        old = recorded_metrics(run, saved)
+    except DamagedFileError as err:
+        print(err, file=sys.stderr)
+        return 2
     if not old:
         print(f"{run.path} holds no metrics to compare with (no {runs.RESULT}, nothing logged): the run did not "
               "finish; resume it first (python -m mnist_lab.train resume=<run>)", file=sys.stderr)

@@ -198,11 +198,70 @@ def write_failed(path: Path, err: OSError):
                       f"({free_space(path.parent)} free there); {kept}")
 
 
-def result_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
-    """The metrics of a finished run's result.yaml (train.write_result); {} where it holds none."""
+RESULT_METRICS = ("train/loss", "train/acc", "test/loss", "test/acc")  # in every finished run's result.yaml
+VAL_METRICS = ("val/loss", "val/acc")  # there too where the run validated (data.val_size > 0)
+
+
+def result_problem(run_dir: str | os.PathLike) -> str | None:
+    """What keeps <run>/result.yaml from being a finished run's whole record (train.write_result), in a few
+    words ("missing", "empty", "not valid YAML (line 3)", "no val/acc, val/loss"); None where it is one. The one
+    reader of result.yaml: a sweep counts a job finished, and reproduce takes its metrics, only where this
+    finds nothing wrong."""
     import yaml
 
-    return dict((yaml.safe_load(RunDir(run_dir).result.read_text()) or {}).get("metrics", {}))
+    run = RunDir(run_dir)
+    try:
+        text = run.result.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, UnicodeDecodeError) as err:
+        return f"unreadable: {getattr(err, 'strerror', None) or type(err).__name__}"
+    if not text.strip():
+        return "empty"
+    try:
+        record = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        return "not valid YAML" + (f" (line {mark.line + 1})" if mark is not None else "")
+    metrics = record.get("metrics") if isinstance(record, dict) else None
+    if not isinstance(metrics, dict) or not metrics:
+        return "no metrics"
+    wanted = [*RESULT_METRICS, *(VAL_METRICS if validated(run) else ())]
+    lacking = [k for k in wanted if type(metrics.get(k)) not in (int, float)]
+    return f"no {', '.join(lacking)}" if lacking else None
+
+
+def validated(run: RunDir) -> bool:
+    """Whether the run validated after each epoch (its config.yaml's data.val_size > 0); False where its config
+    cannot tell (the run's own commands say what is wrong with it)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load(run.config.read_text(encoding="utf-8"))
+        return float(saved["data"]["val_size"]) > 0
+    except Exception:  # missing, garbled, or not a config: no val/* is asked for
+        return False
+
+
+def finished(run_dir: str | os.PathLike) -> bool:
+    """Whether the run finished: its result.yaml is a whole record (result_problem)."""
+    return result_problem(run_dir) is None
+
+
+def result_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
+    """The metrics of a finished run's result.yaml (train.write_result), checked (result_problem); DamagedFileError
+    (one line: the file, what is wrong, how to test the run again) where it is not a whole record."""
+    import yaml
+
+    from mnist_lab.errors import DamagedFileError
+
+    run = RunDir(run_dir)
+    problem = result_problem(run.path)
+    if problem is not None:
+        raise DamagedFileError(f"{shown(run.result)} is not a finished run's record ({problem}): test the run again "
+                               f"with python -m mnist_lab.train resume={shown(run.path)} (in a sweep: run the sweep "
+                               "again)")
+    return {k: float(v) for k, v in yaml.safe_load(run.result.read_text(encoding="utf-8"))["metrics"].items()}
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

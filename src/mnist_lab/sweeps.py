@@ -9,9 +9,11 @@ builds the same jobs, in the same order and with the same numbers, as Hydra's ba
 a sweep folder it already wrote, it compares the overrides with the ones saved there (multirun.yaml) and
 refuses changed ones in one line, then for each job looks at its run folder:
 
-    finished      result.yaml is there (the run trained and tested): skipped, its metrics kept
-    interrupted   checkpoints/last.ckpt but no result.yaml: launched; the job resumes from last.ckpt
-                  (train.continued), with its config checked against the one it saved
+    finished      result.yaml is there and whole (the run trained and tested; runs.result_problem):
+                  skipped, its metrics kept
+    interrupted   checkpoints/last.ckpt but no whole result.yaml: launched; the job resumes from last.ckpt
+                  (train.continued), with its config checked against the one it saved; one whose result.yaml
+                  is damaged (said in one line) is tested again from there
     not started   launched as new
 
 Jobs keep their numbers and folder names. With the basic launcher the jobs run one at a time, and a
@@ -145,6 +147,10 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
             if state == FINISHED:
                 log.info(f"\t#{n} : finished, kept: {folders[n].name}  {read_result(folders[n])}")
                 complete_figures(folders[n])
+            elif runs.RunDir(folders[n]).result.exists():
+                again = "tested again from its last.ckpt" if state == INTERRUPTED else "trained again"
+                log.warning(f"\t#{n} : {runs.shown(runs.RunDir(folders[n]).result)} is not a whole record "
+                            f"({runs.result_problem(folders[n])}): {again}")
             elif state == INTERRUPTED:
                 log.info(f"\t#{n} : interrupted, resumes from {runs.RunDir(folders[n]).last_ckpt}")
 
@@ -157,7 +163,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
             for (n, _), ret in zip(group, launch(sweeper.launcher, group), strict=True):
                 returns[n] = ret
                 if ret.status == JobStatus.FAILED and isinstance(ret._return_value, Interrupted):
-                    done = sum(1 for f in folders.values() if runs.RunDir(f).result.is_file())
+                    done = sum(1 for f in folders.values() if runs.finished(f))
                     raise Interrupted(f"{str(ret._return_value).split(':', 1)[0]}: job {n} stopped and saved "
                                       f"{runs.RunDir(folders[n]).last_ckpt}; {done} of {len(folders)} jobs "
                                       f"are finished. Continue the sweep with: python -m mnist_lab.train -m "
@@ -233,7 +239,7 @@ def launch(launcher: Any, group: list[tuple[int, list[str]]]) -> Sequence[JobRet
 
 def job_state(folder: Path) -> str:
     run = runs.RunDir(folder)
-    if run.result.is_file():
+    if runs.finished(folder):
         return FINISHED
     if run.last_ckpt.is_file():
         return INTERRUPTED
@@ -255,10 +261,7 @@ def complete_figures(folder: Path) -> None:
 
 def read_result(folder: Path) -> str:
     """A finished run's test metrics, for the log: 'test/acc=0.9812 test/loss=0.0621'."""
-    try:
-        metrics = runs.result_metrics(folder)
-    except (OSError, yaml.YAMLError):
-        return ""
+    metrics = runs.result_metrics(folder)
     return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
 
 

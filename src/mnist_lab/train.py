@@ -57,6 +57,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     import torch
 
     from mnist_lab import provenance
+    from mnist_lab.callbacks import FitRecord
     from mnist_lab.models import build_model, summary
 
     run = RunDir(cfg.output_dir)
@@ -78,7 +79,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     trainer.callbacks.append(provenance.Provenance(run, record, diff))  # written by global rank 0
     log.info(describe_device(trainer, cfg, module.fast))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    fitted = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+    fitted = next(c for c in trainer.callbacks if isinstance(c, FitRecord)).fitted()  # a restart's too
     test_ckpt = None if cfg.trainer.fast_dev_run else "best"
     results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
     metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
@@ -145,7 +146,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from mnist_lab import runs
-    from mnist_lab.callbacks import EpochLines, EpochTime, RunFigures, RunProgressBar, study_callbacks
+    from mnist_lab.callbacks import EpochLines, EpochTime, FitRecord, RunFigures, RunProgressBar, study_callbacks
     from mnist_lab.guards import AtomicCheckpointIO, GracefulInterrupt, NonFiniteGuard, ProcessGroupEnd
     from mnist_lab.loggers import HParams, build_loggers
 
@@ -169,7 +170,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict):
     # own, written every epoch.
     last = ModelCheckpoint(dirpath=run.checkpoints, filename=runs.LAST, enable_version_counter=False)
     callbacks = [checkpoint, *([last] if validate else []), NonFiniteGuard(), GracefulInterrupt(run.path),
-                 EpochTime(), HParams(), ProcessGroupEnd()]
+                 EpochTime(), HParams(), ProcessGroupEnd(), FitRecord()]
     chosen = OmegaConf.to_container(cfg.logger, resolve=True)
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
         callbacks.append(RunFigures(run.path, chosen, normalized=cfg.data.normalize))
