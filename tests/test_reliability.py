@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
+from mnist_lab import errors as runs_errors
 from mnist_lab import runs
 from mnist_lab.errors import CheckpointError, ConfigError, DamagedFileError, Interrupted, TrainingError
 from mnist_lab.module import LitClassifier, load_checkpoint
@@ -320,3 +323,72 @@ def test_ddp_relaunch_under_multirun_is_refused(tiny_mnist, tmp_path):
     assert result.returncode == 1
     assert "trainer.strategy=ddp under --multirun would re-run the whole sweep in every rank" in result.stderr
     assert not (tmp_path / "sweep").exists()  # refused before the sweep folder is made
+
+
+# One owner at a time: a run folder, a sweep folder, a study ------------------------------------------------------
+
+HOLD = """
+import sys, time
+from mnist_lab.runs import Lock
+Lock(sys.argv[1], "run").acquire()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_run_in_use_is_refused_and_freed_when_its_holder_dies(tiny_mnist, tmp_path, make_cfg, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(tiny_mnist, run)
+    train(make_cfg(overrides))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run / runs.LOCK)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(runs_errors.LockedError) as err:
+            train(make_cfg(overrides + [f"resume={run}"]))
+        assert re.fullmatch(rf"run run is in use by pid {holder.pid} on \S+ \(since [\d: -]+\): let that one finish, "
+                            r"or stop it and resume it \(resume=<that folder>, or its sweep again\)", str(err.value))
+        assert len(str(err.value)) <= 200 and (run / "config.yaml").is_file()  # nothing of the run removed
+    finally:
+        holder.kill()
+        holder.wait()
+    train(make_cfg(overrides + [f"resume={run}"]))  # the holder died: its lock is stale
+    assert f"took over the lock of run run from pid {holder.pid} on " in caplog.text
+    assert f"(pid {holder.pid} is gone)" in caplog.text
+    assert not (run / runs.LOCK).exists()  # released at the end
+
+
+def test_a_lock_from_another_host_frees_itself_without_heartbeat(tmp_path, monkeypatch, caplog):
+    lock = tmp_path / runs.LOCK
+    theirs = {"host": "node-elsewhere", "pid": 1, "started": "1", "since": "2026-12-07 04:00:00"}
+    lock.write_text(json.dumps(theirs))
+    with pytest.raises(runs_errors.LockedError, match=r"^sweep \S+ is in use by pid 1 on node-elsewhere \(since "):
+        with runs.owned(lock, "sweep", tmp_path, "it again"):
+            pass
+    old = time.time() - runs.STALE_S - 5
+    os.utime(lock, (old, old))
+    with runs.owned(lock, "sweep", tmp_path, "it again"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert "from pid 1 on node-elsewhere (no heartbeat for 12" in caplog.text
+    assert not lock.exists()
+
+    lock.write_text(json.dumps({**theirs, "slurm_job": "42"}))  # fresh, but this is the same Slurm job, requeued
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    with runs.owned(lock, "run", tmp_path, "it again"):
+        pass
+    assert "(Slurm job 42 was requeued)" in caplog.text
+
+
+def test_two_processes_taking_one_lock_at_once(tmp_path):
+    lock = tmp_path / runs.LOCK
+    lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "started": "1", "since": "then"}))
+    old = time.time() - runs.STALE_S - 5
+    os.utime(lock, (old, old))  # stale: both try to take it over
+    take = ("import sys, time\nfrom mnist_lab.runs import Lock, Held\ntime.sleep(float(sys.argv[2]) - time.time())\n"
+            "try:\n    Lock(sys.argv[1], 'run').acquire(); print('took', flush=True); time.sleep(5)\n"
+            "except Held:\n    print('held', flush=True)\n")
+    at = str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", take, str(lock), at], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    said = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert said == ["held", "held", "held", "took"]

@@ -42,6 +42,10 @@ class DamagedFileError(MnistLabError):
     it and what to do."""
 
 
+class LockedError(MnistLabError):
+    """A run folder, sweep folder or study that another live process holds (runs.Lock)."""
+
+
 class ExportCheckError(MnistLabError):
     """An exported file whose outputs differ from the eager model's."""
 

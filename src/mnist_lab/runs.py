@@ -297,3 +297,203 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+# One owner at a time ------------------------------------------------------------------------------------------
+
+LOCK = ".lock"  # in a run or sweep folder; a study's is <journal>.study.lock (Optuna's own is <journal>.lock)
+HEARTBEAT_S = 20.0  # how often a holder touches its lock file
+STALE_S = 120.0  # a lock untouched for this long, held from another host, is taken over
+
+
+class Held(Exception):
+    """The lock is held by a live process (raised by Lock.acquire, turned into the caller's LockedError)."""
+
+
+class Lock:
+    """Who holds a run folder, a sweep folder or a study: a lock file holding the holder's host, pid, process start
+    time and Slurm job, made whole under a temporary name and linked into place (os.link: atomic on NFS too, where
+    flock may not reach across hosts), and touched every HEARTBEAT_S by a thread while held.
+
+    A lock is free where its holder is gone: on this host, its pid is dead or now another process's; from
+    another host, the file went STALE_S without a heartbeat (clocks in step to well within that); or this process
+    is the same Slurm job, requeued (it takes its own run back). A stale lock is taken over, said in one line.
+    """
+
+    def __init__(self, path: str | os.PathLike, what: str):
+        self.path, self.what = Path(path), what  # what: "run", "sweep", "study" and its folder, for messages
+        self.me = holder()
+        self._stop = None
+
+    def acquire(self) -> None:
+        import logging
+        import threading
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(20):  # a few rounds where another process takes over the same stale lock at once
+            if self._link():
+                break
+            theirs = read_holder(self.path)
+            if theirs is None:
+                continue  # released meanwhile: try again
+            why = stale(theirs, self.me, heartbeat_age(self.path))
+            if why is None:
+                raise Held(theirs)
+            if self._take_over(theirs) and why != "this process":
+                logging.getLogger("mnist_lab").warning(
+                    f"{shown(self.path)}: took over the lock of {self.what} from pid {theirs.get('pid')} on "
+                    f"{theirs.get('host')} ({why})")
+        else:
+            raise Held(read_holder(self.path) or {})
+        self._stop = threading.Event()
+        threading.Thread(target=self._beat, args=(self._stop,), name="lock-heartbeat", daemon=True).start()
+
+    def _link(self) -> bool:
+        import json
+
+        tmp = self.path.with_name(f"{self.path.name}.{self.me['host']}-{os.getpid()}-{time.monotonic_ns()}")
+        tmp.write_text(json.dumps(self.me) + "\n")
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # NFS: the reply may be lost though the link was made; its count tells
+            return tmp.stat().st_nlink == 2
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _take_over(self, theirs: dict) -> bool:
+        """Remove the stale lock `theirs`, unless someone replaced it meanwhile; True where it was removed."""
+        aside = self.path.with_name(f"{self.path.name}.stale-{os.getpid()}-{time.monotonic_ns()}")
+        try:
+            os.rename(self.path, aside)  # atomic: of two processes taking over, one gets the file
+        except FileNotFoundError:
+            return False
+        if read_holder(aside) != theirs:  # a fresh lock, made after we read the stale one: put it back
+            with contextlib.suppress(OSError):
+                os.link(aside, self.path)
+            aside.unlink(missing_ok=True)
+            return False
+        aside.unlink(missing_ok=True)
+        return True
+
+    def _beat(self, stop) -> None:
+        while not stop.wait(HEARTBEAT_S):
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+        if read_holder(self.path) == self.me:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder() -> dict:
+    """This process, as its locks name it."""
+    import socket
+
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid()),
+          "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    job = os.environ.get("SLURM_JOB_ID")
+    if job:
+        me["slurm_job"] = job
+    return me
+
+
+def process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (Linux's /proc; None elsewhere): tells a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def read_holder(path: Path) -> dict | None:
+    """The holder a lock file names; None where there is no lock file. A lock file is linked into place whole,
+    so one that does not read is damaged: it names no holder ({})."""
+    import json
+
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return {}
+    try:
+        theirs = json.loads(text)
+    except ValueError:
+        return {}
+    return theirs if isinstance(theirs, dict) else {}
+
+
+def heartbeat_age(path: Path) -> float:
+    """Seconds since the lock file's holder last touched it."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def stale(theirs: dict, me: dict, age: float) -> str | None:
+    """Why the lock of `theirs` is free to take (a few words), or None where its holder may still be at work."""
+    if not theirs:
+        return "a damaged lock file"
+    if theirs.get("slurm_job") and theirs.get("slurm_job") == me.get("slurm_job"):
+        return "this process" if theirs.get("pid") == me["pid"] and theirs.get("host") == me["host"] \
+            else f"Slurm job {me['slurm_job']} was requeued"
+    if theirs.get("host") == me["host"]:
+        pid = theirs.get("pid")
+        if pid == me["pid"] and theirs.get("started") == me["started"]:
+            return "this process"
+        if not isinstance(pid, int) or not alive(pid) or process_start(pid) != theirs.get("started"):
+            return f"pid {pid} is gone"
+        return None
+    if age > STALE_S:
+        return f"no heartbeat for {age:.0f} s"
+    return None
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def owned(path: str | os.PathLike, what: str, folder: str | os.PathLike, again: str) -> Iterator[None]:
+    """Hold the lock file `path` for the block: `what` (run, sweep, study) of `folder`; a second process gets
+    LockedError, one line naming the holder; `again` says how to continue it ("resume it ...")."""
+    from mnist_lab.errors import LockedError
+
+    lock = Lock(path, f"{what} {shown(folder)}")
+    try:
+        lock.acquire()
+    except Held as held:
+        theirs = held.args[0] if held.args else {}
+        raise LockedError(f"{what} {shown(folder)} is in use by pid {theirs.get('pid')} on {theirs.get('host')} "
+                          f"(since {theirs.get('since')}): let that one finish, or stop it and {again}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def owning_run(run_dir: str | os.PathLike, take: bool = True) -> contextlib.AbstractContextManager:
+    """The run folder's lock for train() (take=False: a process that shares the run, a DDP rank past the first)."""
+    if not take:
+        return contextlib.nullcontext()
+    return owned(Path(run_dir) / LOCK, "run", run_dir, "resume it (resume=<that folder>, or its sweep again)")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from mnist_lab.errors import ConfigError, Interrupted, ObjectiveError, StudyError
-from mnist_lab.runs import RunDir, cut_torn_tail, write_text
+from mnist_lab.runs import RunDir, cut_torn_tail, owned, write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -288,14 +288,25 @@ class StudySweep:
                               "1e-5, 1.0))' or 'model=choice(mlp,convnet)' (or hydra.sweeper.params)")
         check_keys(overrides)  # as on the command line: "did you mean ...?"
         self.check_space(space, fixed)
-        study = self.open_study(space)
-        self.fail_left_running(study)
-        previous = self.catch_signals()
-        try:
-            self.run(study, space, fixed)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with self.owned():
+            study = self.open_study(space)
+            self.fail_left_running(study)
+            previous = self.catch_signals()
+            try:
+                self.run(study, space, fixed)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def owned(self) -> Any:
+        """The study's lock (runs.Lock, <journal>.study.lock) while this sweeper runs it: a second copy stops in
+        one line instead of failing the first's running trials. An RDB storage has no file to lock beside it."""
+        import contextlib
+
+        location = storage_location(self.storage, str(self.sweep_dir))
+        if "://" in location:
+            return contextlib.nullcontext()
+        return owned(f"{location}.study.lock", "study", location, "run the same command again")
 
     def check_space(self, space: dict[str, Any], fixed: list[str]) -> None:
         """Compose and validate a trial's config with every choice and both ends of every range (one at a time):

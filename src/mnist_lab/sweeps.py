@@ -26,6 +26,7 @@ No torch at import: train.prepare_argv imports this module in every `python -m m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +106,20 @@ def saved_overrides(sweep_dir: Path) -> tuple[list[str], list[str]] | None:
         return None
     overrides = (yaml.safe_load(record.read_text()) or {}).get("hydra", {}).get("overrides", {})
     return list(overrides.get("task") or []), list(overrides.get("hydra") or [])
+
+
+def owned_sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
+    """sweep(), holding the sweep folder's lock (runs.Lock): a second copy of the sweep stops in one line. Jobs
+    that Slurm runs side by side each hold their own run folder's lock."""
+    sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
+    new = not sweep_dir.exists()
+    try:
+        with runs.owned(sweep_dir / runs.LOCK, "sweep", sweep_dir, "run the same command again"):
+            return sweep(sweeper, arguments)
+    finally:
+        if new:  # refused before it wrote anything: no empty folder left behind
+            with contextlib.suppress(OSError):
+                sweep_dir.rmdir()
 
 
 def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:

@@ -29,7 +29,7 @@ from mnist_lab import config as _config  # registers the typed configs
 from mnist_lab import runlog
 from mnist_lab.config import CONF_DIR
 from mnist_lab.runlog import log
-from mnist_lab.runs import RunDir, shown, write_text
+from mnist_lab.runs import RunDir, owning_run, shown, write_text
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -39,7 +39,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = Path(cfg.resume).expanduser() if cfg.get("resume") else None
     # a resumed run's record continues in its own log, where it has one
     run_dir = resume if resume is not None and RunDir(resume).config.is_file() else Path(cfg.output_dir)
-    with runlog.recorded(run_dir, rank_zero=runlog.rank_zero()):
+    with runlog.recorded(run_dir, rank_zero=runlog.rank_zero()), owning_run(run_dir, take=runlog.rank_zero()):
         return _train(cfg)
 
 
@@ -353,12 +353,14 @@ def requeued() -> bool:
 def main(cfg: DictConfig) -> float:
     import logging
 
-    from mnist_lab.errors import MnistLabError
+    from mnist_lab.errors import LockedError, MnistLabError
 
     logging.captureWarnings(True)  # warnings reach train.log too
     try:
         _config.check_launch(cfg)
         return train(cfg)["test/acc"]  # a float, for Hydra sweepers that optimize
+    except LockedError:  # the folder is another process's
+        raise
     except MnistLabError:  # e.g. a config value or a data file rejected before the run began
         remove_if_untouched(Path(cfg.output_dir))
         raise
