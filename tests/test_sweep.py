@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -154,6 +155,31 @@ def test_a_damaged_result_yaml_is_not_finished(sweep, tiny_mnist, tmp_path):
     assert again.stdout.count("test: ") == 4 and "epoch 1/2" not in again.stdout  # tested, not trained
     for job in jobs:
         assert yaml.safe_load((job / "result.yaml").read_text())["metrics"] == whole[job.name]["metrics"], job.name
+
+
+def test_the_same_sweep_started_twice_runs_once(tiny_mnist, tmp_path):
+    """A double submit: the second copy stops at once in one line naming the first; the first runs every job once."""
+    sweep_dir = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(tiny_mnist, sweep_dir) if not o.startswith("output_dir=")]
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "seed=0,1", "trainer.max_epochs=1",
+           f"hydra.sweep.dir={sweep_dir}", *overrides]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        deadline = time.time() + 120
+        while not (sweep_dir / ".lock").is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+        out, _ = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert second.returncode == 1
+    said = second.stderr.splitlines()[0]
+    assert re.fullmatch(rf"sweep {sweep_dir} is in use by pid {first.pid} on \S+ \(since [\d: -]+\): let that one "
+                        r"finish, or stop it and run the same command again", said), second.stderr
+    assert first.returncode == 0, out[-3000:]
+    log = (sweep_dir / "sweep.log").read_text().splitlines()
+    assert len(log) == 2 and all(" finished: " in line for line in log), log
+    assert not list(sweep_dir.rglob(".lock"))
 
 
 def test_resume_with_the_sweep_folder_alone(tmp_path):
