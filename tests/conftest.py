@@ -109,6 +109,15 @@ def ctrl_c():
         yield
 
 
+HOLD_LOCK = """
+import sys, time
+from mnist_lab.runs import Lock
+Lock(sys.argv[1], "held").acquire()
+print("held", flush=True)
+time.sleep(120)
+"""  # python -c HOLD_LOCK <lock file>: another process holding that lock until killed
+
+
 def train_interrupted(make_cfg, overrides: list[str], out: Path, when, sig: int, match: str, monkeypatch) -> list[str]:
     """Train `overrides` into `out`, sending `sig` once, inside the first fast-path chunk for which
     when(runner, xs) holds; the run must stop with Interrupted matching `match`. Returns the overrides into

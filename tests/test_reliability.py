@@ -20,7 +20,7 @@ from mnist_lab import runs
 from mnist_lab.errors import CheckpointError, ConfigError, DamagedFileError, Interrupted, TrainingError
 from mnist_lab.module import LitClassifier, load_checkpoint
 from mnist_lab.train import train
-from tests.conftest import REPO, tiny_overrides
+from tests.conftest import HOLD_LOCK, REPO, tiny_overrides
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -327,21 +327,12 @@ def test_ddp_relaunch_under_multirun_is_refused(tiny_mnist, tmp_path):
 
 # One owner at a time: a run folder, a sweep folder, a study ------------------------------------------------------
 
-HOLD = """
-import sys, time
-from mnist_lab.runs import Lock
-Lock(sys.argv[1], "run").acquire()
-print("held", flush=True)
-time.sleep(120)
-"""
-
-
 def test_a_run_in_use_is_refused_and_freed_when_its_holder_dies(tiny_mnist, tmp_path, make_cfg, caplog, monkeypatch):
     monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     overrides = tiny_overrides(tiny_mnist, run)
     train(make_cfg(overrides))
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run / runs.LOCK)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, run / runs.LOCK], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(runs_errors.LockedError) as err:

@@ -23,7 +23,7 @@ from mnist_lab.config import check_keys
 from mnist_lab.errors import ConfigError, ObjectiveError
 from mnist_lab.runs import RunDir
 from mnist_lab.train import train
-from tests.conftest import tiny_overrides
+from tests.conftest import HOLD_LOCK, tiny_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -280,3 +280,21 @@ def test_a_torn_journal_tail_is_cut_off_and_the_study_goes_on(tiny_mnist, tmp_pa
                                                "study continues from its last whole record"), said
     states = [t.state for t in load(journal).trials]  # every line reads
     assert states == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.COMPLETE]  # exactly n_trials done
+
+
+def test_a_study_in_use_is_refused(tiny_mnist, tmp_path):
+    # a second copy of the study: it would fail the first's running trials and run trials beyond n_trials
+    sweep = tmp_path / "sweep"
+    lock = f"{sweep / study.JOURNAL}.study.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, lock], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = run_cli([f"hydra.sweep.dir={sweep}", "optimizer.lr=choice(1e-3,3e-3)",
+                          *sweep_overrides(tiny_mnist, tmp_path)], cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    assert re.fullmatch(rf"study sweep/{study.JOURNAL} is in use by pid {holder.pid} on \S+ \(since [\d: -]+\): let "
+                        r"that one finish, or stop it and run the same command again", result.stderr.splitlines()[0])
+    assert not (sweep / study.JOURNAL).exists()
