@@ -383,3 +383,82 @@ def test_two_processes_taking_one_lock_at_once(tmp_path):
              for _ in range(4)]
     said = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
     assert said == ["held", "held", "held", "took"]
+
+
+# Damaged bookkeeping files: one line naming the file and what to do ---------------------------------------------
+
+@pytest.fixture
+def finished_copy(trained, tmp_path, monkeypatch):
+    """A copy of a finished run (config, provenance, test_outputs.npz, event files, result.yaml), as `run`."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained.parent.parent, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("damage, problem", [("", "empty"), ("model: {name: mlp\n", "not valid YAML (line 2)"),
+                                             ("model: mlp\n", "model or data is not a group of keys")])
+def test_a_damaged_config_in_compare_reproduce_figures(finished_copy, capsys, damage, problem):
+    from mnist_lab import compare, figures, reproduce
+
+    (finished_copy / ".hydra").mkdir()
+    (finished_copy / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (finished_copy / "config.yaml").write_text(damage)
+    said = (f"run/config.yaml is damaged ({problem}): restore it from run/.hydra/config.yaml (the config the run "
+            "started with), or move the run aside")
+    for command, code in ((compare.main, 1), (reproduce.main, 2), (figures.main, 1)):
+        assert command([str(finished_copy)]) == code, command
+        assert capsys.readouterr().err.strip() == said, command
+    assert not list(finished_copy.parent.glob("outputs"))  # reproduce trained nothing
+
+
+def test_damaged_provenance_overrides_npz_and_event_file(finished_copy, capsys, caplog):
+    from mnist_lab import compare, figures, provenance, reproduce
+
+    (finished_copy / "provenance.yaml").write_text("host: [\n")
+    assert reproduce.main([str(finished_copy)]) == 2
+    assert capsys.readouterr().err.strip() == ("run/provenance.yaml is damaged (not valid YAML (line 2)): restore it, "
+                                               "or move it aside (reproduce then takes the current code)")
+    provenance.write(runs.RunDir(finished_copy), {"git": {}}, "")  # a resumed run: its own record in its place
+    assert yaml.safe_load((finished_copy / "provenance.yaml").read_text()) == {"git": {}}
+    assert re.search(r"run/provenance.yaml is damaged \(not valid YAML \(line 2\)\): kept as provenance.yaml.damaged-"
+                     r"\w+; this start's record is written in its place", caplog.text)
+
+    (finished_copy / ".hydra").mkdir()
+    (finished_copy / ".hydra" / "overrides.yaml").write_text("seed=1\n")
+    assert compare.main([str(finished_copy)]) == 1
+    assert capsys.readouterr().err.strip() == ("run/.hydra/overrides.yaml is damaged (no list: a str): restore it, or "
+                                               "move the run aside")
+    (finished_copy / ".hydra" / "overrides.yaml").unlink()
+
+    events = sorted(finished_copy.glob("events.out.tfevents.*"))[-1]
+    events.write_bytes(events.read_bytes()[:-7])  # the last record cut short
+    assert compare.main([str(finished_copy)]) == 0
+    assert capsys.readouterr().err.strip() == (f"run/{events.name} is damaged (has truncated record in data): the "
+                                               "run's values logged after that are missing here; a run still writing "
+                                               "it: compare again when it ends")
+
+    npz = finished_copy / "test_outputs.npz"
+    npz.write_bytes(npz.read_bytes()[:300])
+    assert figures.main([str(finished_copy)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"run/test_outputs.npz is damaged \(.+\): remove it and the run's result.yaml, then run the "
+                        r"run \(or its sweep\) again: it is tested again from its checkpoint", err), err
+    assert "pickle" not in err
+
+
+def test_a_damaged_multirun_yaml_is_one_line(tmp_path, monkeypatch):
+    from mnist_lab import sweeps
+    from mnist_lab.train import prepare_argv
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "multirun.yaml").write_text("hydra: {overrides: [\n")
+    with pytest.raises(runs_errors.DamagedFileError) as err:
+        prepare_argv(["train", "-m", "resume=s"])
+    assert str(err.value) == ("s/multirun.yaml is damaged (not valid YAML (line 2)): restore it (Hydra wrote it when "
+                              "the sweep began), or give a new hydra.sweep.dir")
+    (tmp_path / "s" / "multirun.yaml").write_text("")
+    with pytest.raises(runs_errors.DamagedFileError, match=r"^s/multirun.yaml is damaged \(empty\)"):
+        sweeps.saved_overrides(tmp_path / "s")

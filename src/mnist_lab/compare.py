@@ -31,9 +31,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from mnist_lab import runs
+from mnist_lab.errors import DamagedFileError
 
 RESAMPLES = 10_000  # bootstrap resamples
 LEVEL = 0.95  # confidence level of the intervals
@@ -60,26 +59,47 @@ def find_runs(sweep: Path) -> list[Path]:
 def read_run(path: Path) -> Run:
     from mnist_lab.loggers import chosen, read_scalars
 
-    run = runs.RunDir(path)
-    config = yaml.safe_load(run.config.read_text()) or {}
+    config = runs.read_config(path)  # checked: a damaged one stops compare in one line, naming it
     model = config.get("model", {}).get("name", "?")
     hydra_dir = path / ".hydra"
-    overrides = yaml.safe_load((hydra_dir / "overrides.yaml").read_text()) if (hydra_dir / "overrides.yaml").is_file() \
-        else []
+    overrides = runs.read_yaml(hydra_dir / "overrides.yaml", list, "restore it, or move the run aside") \
+        if (hydra_dir / "overrides.yaml").is_file() else []
     ignored = {"seed", "model", *left_out_of_names(hydra_dir / "hydra.yaml")}
     rest = [o for o in overrides or [] if o.split("=", 1)[0].lstrip("+~") not in ignored]
     scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", "time/epoch_s"), chosen(config))
+    for events, problem in damaged_event_files(path):  # TensorBoard's reader stops there without a word
+        print(f"{runs.shown(events)} is damaged ({problem}): the run's values logged after that are missing here; "
+              "a run still writing it: compare again when it ends", file=sys.stderr)
     test, epoch_s = scalars.get("test/acc"), scalars.get("time/epoch_s")
     return Run(path, " ".join([model, *rest]), config.get("seed"), count_params(config.get("model", {})),
                scalars.get("val/acc", []), scalars.get("train/acc", []), test[-1] if test else None,
                statistics.median(epoch_s) if epoch_s else None)
 
 
+def damaged_event_files(run_dir: Path) -> list[tuple[Path, str]]:
+    """The run's TensorBoard event files that TensorBoard's own record reader cannot read to their end (cut short
+    by a kill or a full disk, or corrupted), each with the reader's reason."""
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+
+    damaged = []
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        reader = pywrap_tensorflow.PyRecordReader_New(str(path))
+        while True:
+            try:
+                reader.GetNext()
+            except errors.OutOfRangeError:  # the end, after a whole record
+                break
+            except errors.DataLossError as err:
+                damaged.append((path, err.message.replace(f"{path} ", "").replace(str(path), "the file")))
+                break
+    return damaged
+
+
 def left_out_of_names(hydra_yaml: Path) -> list[str]:
     """The keys a sweep left out of its run folders' names, from the run's record of its Hydra config."""
     if not hydra_yaml.is_file():
         return []
-    record = yaml.safe_load(hydra_yaml.read_text()) or {}
+    record = runs.read_yaml(hydra_yaml, dict, "restore it, or move the run aside")
     return list(record.get("hydra", {}).get("job", {}).get("config", {}).get("override_dirname", {})
                 .get("exclude_keys", []))
 
@@ -277,7 +297,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no runs under {args.sweep} (no folder with a {runs.CONFIG}): give a folder written by "
               "python -m mnist_lab.train -m", file=sys.stderr)
         return 1
-    found = [read_run(p) for p in paths]
+    try:
+        found = [read_run(p) for p in paths]
+    except DamagedFileError as err:
+        print(err, file=sys.stderr)
+        return 1
     text = table(found)
     print(text)
     md = runs.write_text(args.sweep / "compare.md", text + "\n")

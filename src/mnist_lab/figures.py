@@ -105,14 +105,22 @@ def in_sweep_process() -> bool:
 
 def saved_payload(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The payload a run kept in its folder (runs.RunDir.test_outputs), for drawing again on demand."""
-    from mnist_lab.runs import RunDir
+    import zipfile
+
+    from mnist_lab.errors import DamagedFileError
+    from mnist_lab.runs import RunDir, shown
 
     path = RunDir(run_dir).test_outputs
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as saved:
-        payload: dict[str, Any] = {k: saved[k] for k in saved.files}
-    payload["step"] = int(payload["step"])
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            payload: dict[str, Any] = {k: saved[k] for k in saved.files}
+        payload["step"] = int(payload["step"])
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:  # not np.savez's arrays
+        problem = str(err).splitlines()[0][:60] if str(err) else type(err).__name__
+        raise DamagedFileError(f"{shown(path)} is damaged ({problem}): remove it and the run's result.yaml, then run "
+                               "the run (or its sweep) again: it is tested again from its checkpoint") from None
     return payload
 
 
@@ -129,26 +137,32 @@ def main(argv: list[str] | None = None) -> int:
     """python -m mnist_lab.figures RUN_OR_SWEEP...: draw the figures of finished runs again."""
     import sys
 
-    import yaml
-
     from mnist_lab.compare import find_runs
+    from mnist_lab.errors import DamagedFileError
     from mnist_lab.loggers import chosen
-    from mnist_lab.runs import RunDir
+    from mnist_lab.runs import RunDir, read_config
 
     folders = [Path(a) for a in (argv if argv is not None else sys.argv[1:])]
     if not folders:
         print("usage: python -m mnist_lab.figures <run or sweep folder>...", file=sys.stderr)
         return 2
     runs = sorted({run for f in folders for run in find_runs(f)})
-    drawn = 0
+    drawn, damaged = 0, 0
     for run in runs:
-        payload = saved_payload(run)
+        try:
+            payload = saved_payload(run)
+            config = read_config(run) if payload is not None else {}
+        except DamagedFileError as err:  # said, and the other runs drawn
+            print(err, file=sys.stderr)
+            damaged += 1
+            continue
         if payload is None:
             continue
-        config = yaml.safe_load(RunDir(run).config.read_text()) or {}
         draw_now({**payload, "run_dir": str(run), "chosen": dict(chosen(config))})
         print(f"drew the figures of {run}")
         drawn += 1
+    if damaged:
+        return 1
     if not drawn:
         print(f"no finished runs (with {RunDir(folders[0]).test_outputs.name}) under {', '.join(map(str, folders))}",
               file=sys.stderr)

@@ -84,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run.path} holds no {runs.CONFIG}: give the folder of a run of python -m mnist_lab.train",
               file=sys.stderr)
         return 2
-    saved = yaml.safe_load(run.config.read_text()) or {}
     try:
+        saved = runs.read_config(run.path)  # an empty or garbled one would train some other config
         old = recorded_metrics(run, saved)
+        provenance = runs.read_yaml(run.provenance, dict, "restore it, or move it aside (reproduce then takes "
+                                    "the current code)") if run.provenance.is_file() else {}
     except DamagedFileError as err:
         print(err, file=sys.stderr)
         return 2
@@ -94,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run.path} holds no metrics to compare with (no {runs.RESULT}, nothing logged): the run did not "
               "finish; resume it first (python -m mnist_lab.train resume=<run>)", file=sys.stderr)
         return 2
-    provenance = yaml.safe_load(run.provenance.read_text()) if run.provenance.is_file() else {}
     out = args.out or Path("outputs/reproduce") / f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}_{run.path.name}"
     cfg = config_again(provenance, out.resolve(), args.data_dir, run)
 

@@ -27,6 +27,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.txt"
@@ -497,3 +498,66 @@ def owning_run(run_dir: str | os.PathLike, take: bool = True) -> contextlib.Abst
     if not take:
         return contextlib.nullcontext()
     return owned(Path(run_dir) / LOCK, "run", run_dir, "resume it (resume=<that folder>, or its sweep again)")
+
+
+# Files of a run or sweep read back, checked ----------------------------------------------------------------------
+
+def read_yaml(path: str | os.PathLike, kind: type = dict, fix: str = "restore it, or move the run aside") -> Any:
+    """The YAML file `path` (a run's config.yaml or provenance.yaml, Hydra's multirun.yaml or .hydra/overrides.yaml):
+    a `kind` (dict: keys, list: items). DamagedFileError (one line: the file, what is wrong with it, `fix`) where
+    it is unreadable, empty, not valid YAML or not a `kind`."""
+    from mnist_lab.errors import DamagedFileError
+
+    value, problem = _load_yaml(Path(path), kind)
+    if problem is not None:
+        raise DamagedFileError(f"{shown(path)} is damaged ({problem}): {fix}")
+    return value
+
+
+def yaml_problem(path: str | os.PathLike, kind: type = dict) -> str | None:
+    """What read_yaml would find wrong with `path` (a few words), or None."""
+    return _load_yaml(Path(path), kind)[1]
+
+
+def _load_yaml(path: Path, kind: type) -> tuple[Any, str | None]:
+    import yaml
+
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        return None, "not valid YAML" + (f" (line {mark.line + 1})" if mark is not None else "")
+    except (OSError, UnicodeDecodeError) as err:
+        return None, f"unreadable: {getattr(err, 'strerror', None) or type(err).__name__}"
+    if isinstance(value, kind):
+        return value, None
+    return None, "empty" if value is None else f"{'no keys' if kind is dict else 'no list'}: a {type(value).__name__}"
+
+
+def read_config(run_dir: str | os.PathLike, fix: str | None = None) -> dict:
+    """A run's config.yaml as plain values, checked (read_yaml); the fix names .hydra/config.yaml, the config the
+    run started with, where the run has it."""
+    run = RunDir(run_dir)
+    started = run.path / ".hydra" / CONFIG
+    if fix is None:
+        fix = (f"restore it from {shown(started)} (the config the run started with), or move the run aside"
+               if started.is_file() else "restore it, or move the run aside")
+    config = read_yaml(run.config, dict, fix)
+    if not isinstance(config.get("model", {}), dict) or not isinstance(config.get("data", {}), dict):
+        from mnist_lab.errors import DamagedFileError
+
+        raise DamagedFileError(f"{shown(run.config)} is damaged (model or data is not a group of keys): {fix}")
+    return config
+
+
+def set_aside(path: str | os.PathLike, problem: str, then: str = "the job starts again from the beginning") -> Path:
+    """Rename the damaged file `path` to <name>.damaged-<UTC time> beside it, saying so in one line with what
+    happens `then`; returns the new name. A sweep does this with a job's damaged last.ckpt, then trains the job
+    again."""
+    import logging
+
+    path = Path(path)
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    os.replace(path, aside)
+    logging.getLogger("mnist_lab").warning(f"{shown(path)} is damaged ({problem}): kept as {aside.name}; {then}")
+    return aside

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.utils import JobReturn, JobStatus
 
 from mnist_lab import runs
@@ -104,7 +103,9 @@ def saved_overrides(sweep_dir: Path) -> tuple[list[str], list[str]] | None:
     record = sweep_dir / runs.SWEEP_RECORD
     if not record.is_file():
         return None
-    overrides = (yaml.safe_load(record.read_text()) or {}).get("hydra", {}).get("overrides", {})
+    saved = runs.read_yaml(record, dict, "restore it (Hydra wrote it when the sweep began), or give a new "
+                           "hydra.sweep.dir")
+    overrides = (saved.get("hydra") or {}).get("overrides") or {}
     return list(overrides.get("task") or []), list(overrides.get("hydra") or [])
 
 
@@ -216,7 +217,8 @@ def check_folders(sweep_dir: Path, folders: dict[int, Path], jobs: list) -> None
     overrides = {n: o for batch in jobs for n, o in batch}
     names = {f.name: n for n, f in folders.items()}
     for found in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
-        recorded = yaml.safe_load((found / ".hydra" / "overrides.yaml").read_text()) or []
+        recorded = runs.read_yaml(found / ".hydra" / "overrides.yaml", list, "restore it, or move that run "
+                                  "folder out of the sweep (its job then runs again)")
         n = names.get(found.name)
         if n is None or fixed(recorded) != fixed(overrides[n]):
             raise ConfigError(f"sweep {sweep_dir} holds {found.name} (overrides {' '.join(recorded)}), which "
@@ -267,9 +269,15 @@ def complete_figures(folder: Path) -> None:
     if not runs.RunDir(folder).test_outputs.is_file():
         return
     from mnist_lab import figures
+    from mnist_lab.errors import DamagedFileError
 
     lacking = figures.missing(folder)
     if lacking:
+        try:
+            figures.saved_payload(folder)  # checked before the drawing: a damaged one is said, not drawn
+        except DamagedFileError as err:
+            log.warning(f"\t     {err}")
+            return
         log.info(f"\t     its figures were not drawn ({', '.join(lacking)}: the sweep stopped first); drawing them")
         figures.main([str(folder)])
 

@@ -26,7 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mnist_lab import config as _config  # registers the typed configs
-from mnist_lab import runlog
+from mnist_lab import runlog, runs
 from mnist_lab.config import CONF_DIR
 from mnist_lab.runlog import log
 from mnist_lab.runs import RunDir, owning_run, shown, write_text
@@ -281,7 +281,13 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
 
         if in_sweep():  # a resumed sweep: the same overrides (sweeps.py checked), but conf/ may have changed
             check_unchanged(cfg, run)
-        load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
+        try:
+            load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
+        except CheckpointError:  # damaged (a kill mid-write on a filesystem without atomic rename)
+            if not in_sweep():
+                raise
+            runs.set_aside(run.last_ckpt, "no checkpoint this job can resume from")
+            return cfg, None
         log.info(f"{'requeued job' if requeued() else 'resumed sweep'}: resuming from {run.last_ckpt}")
         return cfg, str(run.last_ckpt)
     return cfg, None
@@ -331,6 +337,8 @@ def check_unchanged(cfg: DictConfig, run: RunDir) -> None:
     from mnist_lab.loggers import flatten
 
     free = (*_config.RESUME_MAY_SET, "output_dir", "resume")
+    if run.config.is_file():
+        runs.read_config(run.path)  # checked: a damaged one is named in one line
     saved = flatten(OmegaConf.to_container(OmegaConf.load(run.config)) if run.config.is_file() else {})
     now = flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = [f"{k}={now.get(k)} (saved: {saved.get(k)})" for k in sorted(saved.keys() | now.keys())
@@ -445,11 +453,11 @@ def check_sweep(overrides: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from mnist_lab.errors import ConfigError
+    from mnist_lab.errors import MnistLabError
 
     try:
         sys.argv = prepare_argv(sys.argv)
-    except ConfigError as err:
+    except MnistLabError as err:  # e.g. a config key, or a sweep folder's damaged multirun.yaml
         if os.environ.get("HYDRA_FULL_ERROR"):
             raise
         sys.exit(str(err))  # one line, before Hydra (and its error handling) starts
