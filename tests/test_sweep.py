@@ -136,23 +136,31 @@ def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path)
     assert table_without_times(killed) == table_without_times(sweep)
 
 
-def test_a_damaged_result_yaml_is_not_finished(sweep, tiny_mnist, tmp_path):
-    """A result.yaml empty, cut short, garbled or a plain string: the job is tested again from its last.ckpt
-    (nothing trained), one line naming the file, and its record is whole again."""
+def test_damaged_files_of_a_sweep_are_said_and_mended(sweep, tiny_mnist, tmp_path):
+    """A result.yaml empty, cut short, garbled or a plain string: the job is tested again from its last.ckpt, one
+    line naming the file, and its record is whole again; where last.ckpt is damaged too, it is set aside and the job
+    trained again. A finished job's damaged test_outputs.npz: said, the sweep goes on."""
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)
-    jobs = sorted(compare.find_runs(copy), key=lambda p: p.name)
+    jobs = sorted(compare.find_runs(copy), key=lambda p: int(p.name.split("_")[0]))
     whole = {job.name: yaml.safe_load((job / "result.yaml").read_text()) for job in jobs}
-    damage = ["", "finished: '2026-12-07T04:26:26+00:00'\nmetrics:\n  test/acc: 0", "metrics: {test/acc: [1,\n", "done"]
-    for job, text in zip(jobs, damage, strict=True):
+    for job, text in ((jobs[0], ""), (jobs[2], "metrics: {test/acc: [1,\n"), (jobs[3], "done")):
         (job / "result.yaml").write_text(text)
+    last = jobs[3] / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:3000])
+    (jobs[1] / "history.png").unlink()  # finished, a figure not drawn yet, and its test outputs damaged
+    (jobs[1] / "test_outputs.npz").write_bytes(b"PK\x03\x04 not a zip")
+
     again = subprocess.run(sweep_command(tiny_mnist, copy), capture_output=True, text=True, timeout=600, env=ENV)
     assert again.returncode == 0, again.stderr[-3000:]
     log = again.stdout + again.stderr
-    for job, problem in zip(jobs, ["empty", "no train/loss, train/acc, test/loss, val/loss, val/acc",
-                                   "not valid YAML (line 2)", "no metrics"], strict=True):
-        assert f"{job / 'result.yaml'} is not a whole record ({problem}): tested again from its last.ckpt" in log
-    assert again.stdout.count("test: ") == 4 and "epoch 1/2" not in again.stdout  # tested, not trained
+    for n, problem in ((0, "empty"), (2, "not valid YAML (line 2)"), (3, "no metrics")):
+        assert f"{jobs[n] / 'result.yaml'} is not a whole record ({problem}): tested again from its last.ckpt" in log
+    npz = re.escape(str(jobs[1] / "test_outputs.npz"))
+    assert re.search(rf"{npz} is damaged \(.+\): remove it and the run's result.yaml", log)
+    assert re.search(rf"{re.escape(str(last))} is damaged \(no checkpoint this job can resume from\): kept as "
+                     r"last.ckpt.damaged-\w+; the job starts again from the beginning", log)
+    assert again.stdout.count("test: ") == 3 and again.stdout.count("epoch 1/2") == 1  # job 3 alone trained
     for job in jobs:
         assert yaml.safe_load((job / "result.yaml").read_text())["metrics"] == whole[job.name]["metrics"], job.name
 
