@@ -314,7 +314,8 @@ class Held(Exception):
 class Lock:
     """Who holds a run folder, a sweep folder or a study: a lock file holding the holder's host, pid, process start
     time and Slurm job, made whole under a temporary name and linked into place (os.link: atomic on NFS too, where
-    flock may not reach across hosts), and touched every HEARTBEAT_S by a thread while held.
+    flock may not reach across hosts; O_EXCL where the filesystem has no hard links), and touched every HEARTBEAT_S
+    by a thread while held.
 
     A lock is free where its holder is gone: on this host, its pid is dead or now another process's; from
     another host, the file went STALE_S without a heartbeat (clocks in step to well within that); or this process
@@ -331,13 +332,14 @@ class Lock:
         import threading
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(20):  # a few rounds where another process takes over the same stale lock at once
+        for _ in range(50):  # a few rounds where another process takes over the same stale lock at once
             if self._link():
                 break
-            theirs = read_holder(self.path)
-            if theirs is None:
-                continue  # released meanwhile: try again
-            why = stale(theirs, self.me, heartbeat_age(self.path))
+            theirs, age = read_holder(self.path), heartbeat_age(self.path)
+            if theirs is None or (not theirs and age < 5):  # released meanwhile, or being written: look again
+                time.sleep(0.1)
+                continue
+            why = stale(theirs, self.me, age)
             if why is None:
                 raise Held(theirs)
             if self._take_over(theirs) and why != "this process":
@@ -359,10 +361,25 @@ class Lock:
             return True
         except FileExistsError:
             return False
-        except OSError:  # NFS: the reply may be lost though the link was made; its count tells
-            return tmp.stat().st_nlink == 2
+        except OSError:
+            if tmp.stat().st_nlink == 2:  # NFS: the reply was lost though the link was made
+                return True
+            return self._create(tmp.read_bytes())  # a filesystem without hard links
         finally:
             tmp.unlink(missing_ok=True)
+
+    def _create(self, content: bytes) -> bool:
+        """The lock file made by exclusive create (O_EXCL, atomic on NFSv3 and later); a reader may see it empty
+        for a moment, which acquire() allows for."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
 
     def _take_over(self, theirs: dict) -> bool:
         """Remove the stale lock `theirs`, unless someone replaced it meanwhile; True where it was removed."""
