@@ -462,3 +462,15 @@ def test_a_damaged_multirun_yaml_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "s" / "multirun.yaml").write_text("")
     with pytest.raises(runs_errors.DamagedFileError, match=r"^s/multirun.yaml is damaged \(empty\)"):
         sweeps.saved_overrides(tmp_path / "s")
+
+
+def test_a_lock_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lock = tmp_path / runs.LOCK
+    with runs.owned(lock, "run", tmp_path, "it again"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert [p.name for p in tmp_path.iterdir()] == [runs.LOCK]  # no temporary file left
+    assert not lock.exists()
