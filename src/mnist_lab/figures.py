@@ -30,19 +30,49 @@ _pool: ProcessPoolExecutor | None = None
 
 def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
     """Draw a run's figures from `payload` (see draw_now), at once or in a worker process."""
-    global _pool
     if not background:
         draw_now(payload)
         return None
+    future = pool().submit(draw_now, payload)
+    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and log.error(
+        f"the figures of {run} failed: {f.exception()}; draw them again with python -m mnist_lab.figures {run}"))
+    return future
+
+
+def pool() -> ProcessPoolExecutor:
+    """The drawing workers of this process (spawned at the first call, a quarter of the cores, at least one)."""
+    global _pool
     if _pool is None:
         import multiprocessing
 
         workers = max(1, len(os.sched_getaffinity(0)) // 4) if hasattr(os, "sched_getaffinity") else 1
-        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    future = _pool.submit(draw_now, payload)
-    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and log.error(
-        f"the figures of {run} failed: {f.exception()}; draw them again with python -m mnist_lab.figures {run}"))
-    return future
+        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=quiet_helper, initargs=(os.getpid(),))
+    return _pool
+
+
+def quiet_helper(parent: int) -> None:
+    """How a drawing worker starts: in a process group of its own, so that a Ctrl-C at the terminal reaches the
+    sweep alone (which says what happened) and not its helpers (whose tracebacks garbled the console); ended when
+    the sweep's process ends, however it ends (Linux's parent-death signal: a SIGKILLed sweep leaves no worker
+    behind); and silent: a failed drawing reaches the sweep through its future, which logs it in one line."""
+    import signal
+    import sys
+
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends when the pool's pipe closes
+        pass
+    if os.getppid() != parent:  # the sweep ended before the signal was set up
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the worker's life)
 
 
 def draw_now(payload: dict[str, Any]) -> None:
