@@ -191,8 +191,8 @@ def test_result_yaml_is_checked_where_it_is_read(tmp_path, monkeypatch, text, pr
         with pytest.raises(DamagedFileError) as err:
             runs.result_metrics(tmp_path)
         assert str(err.value) == (f"{tmp_path.name}/result.yaml is not a finished run's record ({problem}): test "
-                                  f"the run again with python -m mnist_lab.train resume={tmp_path.name} (in a sweep: "
-                                  "run the sweep again)")
+                                  "the run again (python -m mnist_lab.train resume=<its folder>; a sweep's job: run "
+                                  "the sweep again)")
 
 
 def test_resume_of_a_folder_without_checkpoint(tmp_path, make_cfg, tiny_mnist):
@@ -405,7 +405,7 @@ def test_a_damaged_config_in_compare_reproduce_figures(finished_copy, capsys, da
     (finished_copy / ".hydra").mkdir()
     (finished_copy / ".hydra" / "config.yaml").write_text("seed: 0\n")
     (finished_copy / "config.yaml").write_text(damage)
-    said = (f"run/config.yaml is damaged ({problem}): restore it from run/.hydra/config.yaml (the config the run "
+    said = (f"run/config.yaml is damaged ({problem}): restore it from .hydra/config.yaml there (the config the run "
             "started with), or move the run aside")
     for command, code in ((compare.main, 1), (reproduce.main, 2), (figures.main, 1)):
         assert command([str(finished_copy)]) == code, command

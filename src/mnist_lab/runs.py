@@ -260,8 +260,7 @@ def result_metrics(run_dir: str | os.PathLike) -> dict[str, float]:
     problem = result_problem(run.path)
     if problem is not None:
         raise DamagedFileError(f"{shown(run.result)} is not a finished run's record ({problem}): test the run again "
-                               f"with python -m mnist_lab.train resume={shown(run.path)} (in a sweep: run the sweep "
-                               "again)")
+                               "(python -m mnist_lab.train resume=<its folder>; a sweep's job: run the sweep again)")
     return {k: float(v) for k, v in yaml.safe_load(run.result.read_text(encoding="utf-8"))["metrics"].items()}
 
 
@@ -331,6 +330,7 @@ class Lock:
         import logging
         import threading
 
+        self.made_folder = not self.path.parent.exists()  # removed again where nothing else was written into it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(50):  # a few rounds where another process takes over the same stale lock at once
             if self._link():
@@ -407,6 +407,9 @@ class Lock:
             self._stop = None
         if read_holder(self.path) == self.me:
             self.path.unlink(missing_ok=True)
+        if getattr(self, "made_folder", False):
+            with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                self.path.parent.rmdir()
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -557,7 +560,8 @@ def read_config(run_dir: str | os.PathLike, fix: str | None = None) -> dict:
     run = RunDir(run_dir)
     started = run.path / ".hydra" / CONFIG
     if fix is None:
-        fix = (f"restore it from {shown(started)} (the config the run started with), or move the run aside"
+        fix = (f"restore it from {started.relative_to(run.path)} there (the config the run started with), or move the "
+               "run aside"
                if started.is_file() else "restore it, or move the run aside")
     config = read_yaml(run.config, dict, fix)
     if not isinstance(config.get("model", {}), dict) or not isinstance(config.get("data", {}), dict):
