@@ -363,8 +363,12 @@ def test_a_lock_from_another_host_frees_itself_without_heartbeat(tmp_path, monke
     assert "from pid 1 on node-elsewhere (no heartbeat for 12" in caplog.text
     assert not lock.exists()
 
-    lock.write_text(json.dumps({**theirs, "slurm_job": "42"}))  # fresh, but this is the same Slurm job, requeued
+    lock.write_text(json.dumps({**theirs, "slurm_job": "42", "slurm_restart": 0}))  # fresh, but of this Slurm job
     monkeypatch.setenv("SLURM_JOB_ID", "42")
+    with pytest.raises(runs_errors.LockedError):  # a second step of the same job start: not requeued
+        with runs.owned(lock, "run", tmp_path, "it again"):
+            pass
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     with runs.owned(lock, "run", tmp_path, "it again"):
         pass
     assert "(Slurm job 42 was requeued)" in caplog.text

@@ -426,8 +426,8 @@ def holder() -> dict:
     me = {"host": socket.gethostname(), "pid": os.getpid(), "started": process_start(os.getpid()),
           "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     job = os.environ.get("SLURM_JOB_ID")
-    if job:
-        me["slurm_job"] = job
+    if job:  # a requeued job keeps its id and counts its starts
+        me["slurm_job"], me["slurm_restart"] = job, int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     return me
 
 
@@ -469,9 +469,9 @@ def stale(theirs: dict, me: dict, age: float) -> str | None:
     """Why the lock of `theirs` is free to take (a few words), or None where its holder may still be at work."""
     if not theirs:
         return "a damaged lock file"
-    if theirs.get("slurm_job") and theirs.get("slurm_job") == me.get("slurm_job"):
-        return "this process" if theirs.get("pid") == me["pid"] and theirs.get("host") == me["host"] \
-            else f"Slurm job {me['slurm_job']} was requeued"
+    if (theirs.get("slurm_job") and theirs.get("slurm_job") == me.get("slurm_job")
+            and int(theirs.get("slurm_restart") or 0) < me["slurm_restart"]):
+        return f"Slurm job {me['slurm_job']} was requeued"  # its earlier start was stopped
     if theirs.get("host") == me["host"]:
         pid = theirs.get("pid")
         if pid == me["pid"] and theirs.get("started") == me["started"]:
