@@ -39,7 +39,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resume = Path(cfg.resume).expanduser() if cfg.get("resume") else None
     # a resumed run's record continues in its own log, where it has one
     run_dir = resume if resume is not None and RunDir(resume).config.is_file() else Path(cfg.output_dir)
-    with runlog.recorded(run_dir, rank_zero=runlog.rank_zero()), owning_run(run_dir, take=runlog.rank_zero()):
+    first = runlog.rank_zero() and int(os.environ.get("NODE_RANK") or 0) == 0  # one process holds the run folder
+    with runlog.recorded(run_dir, rank_zero=runlog.rank_zero()), owning_run(run_dir, take=first):
         return _train(cfg)
 
 
