@@ -380,7 +380,7 @@ def test_two_processes_taking_one_lock_at_once(tmp_path):
     old = time.time() - runs.STALE_S - 5
     os.utime(lock, (old, old))  # stale: both try to take it over
     take = ("import sys, time\nfrom mnist_lab.runs import Lock, Held\ntime.sleep(float(sys.argv[2]) - time.time())\n"
-            "try:\n    Lock(sys.argv[1], 'run').acquire(); print('took', flush=True); time.sleep(5)\n"
+            "try:\n    Lock(sys.argv[1], 'run').acquire(); print('took', flush=True); time.sleep(1)\n"
             "except Held:\n    print('held', flush=True)\n")
     at = str(time.time() + 3)
     procs = [subprocess.Popen([sys.executable, "-c", take, str(lock), at], stdout=subprocess.PIPE, text=True)
