@@ -3,7 +3,9 @@ the commands run as a user runs them."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -97,6 +99,33 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, module: str = "mnist
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, timeout=timeout, **kwargs)
 
 
+@contextlib.contextmanager
+def ctrl_c_default():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the block, the previous one restored after: pytest
+    started as a background job (`make test &`) has SIGINT ignored, which a run keeps ignoring."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def ctrl_c():
+    """For a test that sends itself SIGINT: Python's default handler during the test (ctrl_c_default)."""
+    with ctrl_c_default():
+        yield
+
+
+HOLD_LOCK = """
+import sys, time
+from mnist_lab.runs import Lock
+Lock(sys.argv[1], "held").acquire()
+print("held", flush=True)
+time.sleep(120)
+"""  # python -c HOLD_LOCK <lock file>: another process holding that lock until killed
+
+
 def train_interrupted(make_cfg, overrides: list[str], out: Path, when, sig: int, match: str, monkeypatch) -> list[str]:
     """Train `overrides` into `out`, sending `sig` once, inside the first fast-path chunk for which
     when(runner, xs) holds; the run must stop with Interrupted matching `match`. Returns the overrides into
@@ -114,7 +143,7 @@ def train_interrupted(make_cfg, overrides: list[str], out: Path, when, sig: int,
         return original(self, xs, ys)
 
     cut = [o if not o.startswith("output_dir=") else f"output_dir={out}" for o in overrides]
-    with monkeypatch.context() as m:
+    with monkeypatch.context() as m, ctrl_c_default():
         m.setattr(ChunkRunner, "__call__", interrupted)
         with pytest.raises(Interrupted, match=match):
             train(make_cfg(cut))

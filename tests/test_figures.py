@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -89,3 +96,39 @@ def test_activations_need_a_convnet(tiny_mnist, tmp_path, make_cfg):
     train(make_cfg(tiny_overrides(tiny_mnist, tmp_path) + ["trainer.max_epochs=1"]))
     with pytest.raises(CheckpointError, match="holds a mlp, which has no conv layers"):
         activations(str(tmp_path))
+
+
+HELPERS = """
+import os, time
+from mnist_lab import figures
+pool = figures.pool()
+pool.submit(print, "a worker's line").result()
+worker = pool.submit(os.getpid).result()
+print(worker, os.getpgid(worker), flush=True)
+time.sleep(60)
+"""
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_drawing_workers_are_quiet_and_end_with_their_sweep():
+    sweep = subprocess.Popen([sys.executable, "-c", HELPERS], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, start_new_session=True)
+    try:
+        worker, group = map(int, sweep.stdout.readline().split())
+        assert group == worker != os.getpgid(sweep.pid)  # a group of its own: a terminal's Ctrl-C is not for it
+        os.kill(sweep.pid, signal.SIGKILL)
+        out, err = sweep.communicate(timeout=30)
+    finally:
+        sweep.kill()
+    deadline = time.time() + 10
+    while running(worker) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not running(worker)  # ended with the sweep's process
+    assert "a worker's line" not in out + err

@@ -112,7 +112,7 @@ def test_compare_reads_csv_and_mlflow_runs(sweep, capsys):
 
 
 @needs_mlflow
-def test_several_loggers_and_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch):
+def test_several_loggers_and_resume(tiny_mnist, tmp_path, make_cfg, monkeypatch, ctrl_c):
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata

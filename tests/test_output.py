@@ -79,7 +79,8 @@ def test_help_shows_groups_choices_and_every_key(tmp_path):
 
 # 2. Interrupts, errors: one line, and in the run's log --------------------------------------------------------------
 
-def test_a_second_ctrl_c_stops_at_once_and_says_what_there_is(tiny_mnist, tmp_path, make_cfg, monkeypatch):
+def test_a_second_ctrl_c_stops_at_once_and_says_what_there_is(tiny_mnist, tmp_path, make_cfg, monkeypatch,
+                                                              ctrl_c):
     monkeypatch.chdir(tmp_path)
     sent = []
 

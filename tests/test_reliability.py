@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from mnist_lab import errors as runs_errors
+from mnist_lab import runs
 from mnist_lab.config import compose
-from mnist_lab.errors import CheckpointError, ConfigError, Interrupted, TrainingError
+from mnist_lab.errors import CheckpointError, ConfigError, DamagedFileError, Interrupted, TrainingError
 from mnist_lab.module import LitClassifier, load_checkpoint
 from mnist_lab.train import train
-from tests.conftest import REPO, run_cli, tiny_overrides
+from tests.conftest import HOLD_LOCK, REPO, run_cli, tiny_overrides
 
 # 2. Config: rejected before any data is read or output written --------------------------------
 
@@ -93,7 +98,8 @@ def test_nonfinite_loss_stops_at_once_and_keeps_best(tiny_mnist, tmp_path, make_
 # 4. Interruption and resume -----------------------------------------------------------------
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupt_saves_and_resume_matches_uninterrupted(tiny_mnist, tmp_path, make_cfg, monkeypatch, sig):
+def test_interrupt_saves_and_resume_matches_uninterrupted(tiny_mnist, tmp_path, make_cfg, monkeypatch, sig,
+                                                          ctrl_c):
     # one step per training_step; inside a chunk of steps (the fast path): tests/test_fastpath.py
     overrides = tiny_overrides(tiny_mnist, tmp_path / "whole") + ["trainer.max_epochs=3", "fast.enabled=false"]
     whole = train(make_cfg(overrides))
@@ -120,6 +126,67 @@ def test_interrupt_saves_and_resume_matches_uninterrupted(tiny_mnist, tmp_path, 
     assert [p for p in out.iterdir() if p.is_dir()] == [out / "checkpoints"]  # the same TensorBoard run
     assert len(list(out.glob("events.out.tfevents.*"))) > len(list((tmp_path / "whole").glob("events.*")))
     assert not list(out.glob("checkpoints/*-v1.ckpt"))
+
+
+def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
+    # a shell starts a background job (`make test &`) with SIGINT ignored: a Ctrl-C meant for the foreground
+    from types import SimpleNamespace
+
+    from mnist_lab.guards import GracefulInterrupt
+    from mnist_lab.study import StudySweep
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        guard = GracefulInterrupt(tmp_path)
+        guard.on_train_start(SimpleNamespace(world_size=1), None)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) == guard._handle  # SIGTERM is still caught
+        guard.on_train_end(None, None)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        study = StudySweep("val/acc", "maximize", 1, 1, 1, None, "s", None, None)
+        restore = study.catch_signals()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and list(restore) == [signal.SIGTERM]
+        signal.signal(signal.SIGTERM, restore[signal.SIGTERM])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_run_restarted_after_its_last_epoch_records_every_metric(tiny_mnist, tmp_path, make_cfg):
+    # killed between its last epoch's checkpoint and its result.yaml (e.g. during the test): resume= tests it again
+    out = tmp_path / "run"
+    overrides = tiny_overrides(tiny_mnist, out)
+    train(make_cfg(overrides))
+    whole = (out / "result.yaml").read_text()
+    (out / "result.yaml").unlink()
+    train(make_cfg(overrides + [f"resume={out}"]))
+    metrics = runs.result_metrics(out)
+    assert set(metrics) == {f"{s}/{m}" for s in ("train", "val", "test") for m in ("loss", "acc")}
+    assert metrics == yaml.safe_load(whole)["metrics"]
+
+
+@pytest.mark.parametrize("text, problem", [
+    (None, "missing"),
+    ("", "empty"),
+    ("finished: '2026-12-07T04:26:26+00:00'\nmetrics:\n  test/acc: 0", "no train/loss, train/acc, test/loss, val/loss, "
+                                                                       "val/acc"),
+    ("metrics: {test/acc: [1,\n", "not valid YAML (line 2)"),
+    ("finished", "no metrics"),
+    ("metrics: {train/loss: 1, train/acc: 0.5, test/loss: 1, test/acc: 0.5}", "no val/loss, val/acc"),
+    ("metrics: {train/loss: 1, train/acc: 0.5, test/loss: 1, test/acc: 0.5, val/loss: 1, val/acc: .5}", None),
+])
+def test_result_yaml_is_checked_where_it_is_read(tmp_path, monkeypatch, text, problem):
+    monkeypatch.chdir(tmp_path.parent)
+    (tmp_path / "config.yaml").write_text("data: {val_size: 100}\n")
+    if text is not None:
+        (tmp_path / "result.yaml").write_text(text)
+    assert runs.result_problem(tmp_path) == problem
+    assert runs.finished(tmp_path) == (problem is None)
+    if problem is not None:
+        with pytest.raises(DamagedFileError) as err:
+            runs.result_metrics(tmp_path)
+        assert str(err.value) == (f"{tmp_path.name}/result.yaml is not a finished run's record ({problem}): test "
+                                  "the run again (python -m mnist_lab.train resume=<its folder>; a sweep's job: run "
+                                  "the sweep again)")
 
 
 def test_resume_of_a_folder_without_checkpoint(tmp_path, make_cfg, tiny_mnist):
@@ -246,3 +313,157 @@ def test_ddp_relaunch_under_multirun_is_refused(tiny_mnist, tmp_path):
     assert result.returncode == 1
     assert "trainer.strategy=ddp under --multirun would re-run the whole sweep in every rank" in result.stderr
     assert not (tmp_path / "sweep").exists()  # refused before the sweep folder is made
+
+
+# One owner at a time: a run folder, a sweep folder, a study ------------------------------------------------------
+
+def test_a_run_in_use_is_refused_and_freed_when_its_holder_dies(tiny_mnist, tmp_path, make_cfg, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    overrides = tiny_overrides(tiny_mnist, run)
+    train(make_cfg(overrides))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, run / runs.LOCK], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(runs_errors.LockedError) as err:
+            train(make_cfg(overrides + [f"resume={run}"]))
+        assert re.fullmatch(rf"run run is in use by pid {holder.pid} on \S+ \(since [\d: -]+\): let that one finish, "
+                            r"or stop it and resume it \(resume=<that folder>, or its sweep again\)", str(err.value))
+        assert len(str(err.value)) <= 200 and (run / "config.yaml").is_file()  # nothing of the run removed
+    finally:
+        holder.kill()
+        holder.wait()
+    train(make_cfg(overrides + [f"resume={run}"]))  # the holder died: its lock is stale
+    assert f"took over the lock of run run from pid {holder.pid} on " in caplog.text
+    assert f"(pid {holder.pid} is gone)" in caplog.text
+    assert not (run / runs.LOCK).exists()  # released at the end
+
+
+def test_a_lock_from_another_host_frees_itself_without_heartbeat(tmp_path, monkeypatch, caplog):
+    lock = tmp_path / runs.LOCK
+    theirs = {"host": "node-elsewhere", "pid": 1, "started": "1", "since": "2026-12-07 04:00:00"}
+    lock.write_text(json.dumps(theirs))
+    with pytest.raises(runs_errors.LockedError, match=r"^sweep \S+ is in use by pid 1 on node-elsewhere \(since "):
+        with runs.owned(lock, "sweep", tmp_path, "it again"):
+            pass
+    old = time.time() - runs.STALE_S - 5
+    os.utime(lock, (old, old))
+    with runs.owned(lock, "sweep", tmp_path, "it again"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert "from pid 1 on node-elsewhere (no heartbeat for 12" in caplog.text
+    assert not lock.exists()
+
+    lock.write_text(json.dumps({**theirs, "slurm_job": "42", "slurm_restart": 0}))  # fresh, but of this Slurm job
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    with pytest.raises(runs_errors.LockedError):  # a second step of the same job start: not requeued
+        with runs.owned(lock, "run", tmp_path, "it again"):
+            pass
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with runs.owned(lock, "run", tmp_path, "it again"):
+        pass
+    assert "(Slurm job 42 was requeued)" in caplog.text
+
+
+def test_two_processes_taking_one_lock_at_once(tmp_path):
+    lock = tmp_path / runs.LOCK
+    lock.write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "started": "1", "since": "then"}))
+    old = time.time() - runs.STALE_S - 5
+    os.utime(lock, (old, old))  # stale: both try to take it over
+    take = ("import sys, time\nfrom mnist_lab.runs import Lock, Held\ntime.sleep(float(sys.argv[2]) - time.time())\n"
+            "try:\n    Lock(sys.argv[1], 'run').acquire(); print('took', flush=True); time.sleep(1)\n"
+            "except Held:\n    print('held', flush=True)\n")
+    at = str(time.time() + 3)
+    procs = [subprocess.Popen([sys.executable, "-c", take, str(lock), at], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    said = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert said == ["held", "held", "held", "took"]
+
+
+# Damaged bookkeeping files: one line naming the file and what to do ---------------------------------------------
+
+@pytest.fixture
+def finished_copy(trained, tmp_path, monkeypatch):
+    """A copy of a finished run (config, provenance, test_outputs.npz, event files, result.yaml), as `run`."""
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(trained.parent.parent, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("damage, problem", [("", "empty"), ("model: {name: mlp\n", "not valid YAML (line 2)"),
+                                             ("model: mlp\n", "model or data is not a group of keys")])
+def test_a_damaged_config_in_compare_reproduce_figures(finished_copy, capsys, damage, problem):
+    from mnist_lab import compare, figures, reproduce
+
+    (finished_copy / ".hydra").mkdir()
+    (finished_copy / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (finished_copy / "config.yaml").write_text(damage)
+    said = (f"run/config.yaml is damaged ({problem}): restore it from .hydra/config.yaml there (the config the run "
+            "started with), or move the run aside")
+    for command, code in ((compare.main, 1), (reproduce.main, 2), (figures.main, 1)):
+        assert command([str(finished_copy)]) == code, command
+        assert capsys.readouterr().err.strip() == said, command
+    assert not list(finished_copy.parent.glob("outputs"))  # reproduce trained nothing
+
+
+def test_damaged_provenance_overrides_npz_and_event_file(finished_copy, capsys, caplog):
+    from mnist_lab import compare, figures, provenance, reproduce
+
+    (finished_copy / "provenance.yaml").write_text("host: [\n")
+    assert reproduce.main([str(finished_copy)]) == 2
+    assert capsys.readouterr().err.strip() == ("run/provenance.yaml is damaged (not valid YAML (line 2)): restore it, "
+                                               "or move it aside (reproduce then takes the current code)")
+    provenance.write(runs.RunDir(finished_copy), {"git": {}}, "")  # a resumed run: its own record in its place
+    assert yaml.safe_load((finished_copy / "provenance.yaml").read_text()) == {"git": {}}
+    assert re.search(r"run/provenance.yaml is damaged \(not valid YAML \(line 2\)\): kept as provenance.yaml.damaged-"
+                     r"\w+; this start's record is written in its place", caplog.text)
+
+    (finished_copy / ".hydra").mkdir()
+    (finished_copy / ".hydra" / "overrides.yaml").write_text("seed=1\n")
+    assert compare.main([str(finished_copy)]) == 1
+    assert capsys.readouterr().err.strip() == ("run/.hydra/overrides.yaml is damaged (no list: a str): restore it, or "
+                                               "move the run aside")
+    (finished_copy / ".hydra" / "overrides.yaml").unlink()
+
+    events = sorted(finished_copy.glob("events.out.tfevents.*"))[-1]
+    events.write_bytes(events.read_bytes()[:-7])  # the last record cut short
+    assert compare.main([str(finished_copy)]) == 0
+    assert capsys.readouterr().err.strip() == (f"run/{events.name} is damaged (has truncated record in data): the "
+                                               "run's values logged after that are missing here; a run still writing "
+                                               "it: compare again when it ends")
+
+    npz = finished_copy / "test_outputs.npz"
+    npz.write_bytes(npz.read_bytes()[:300])
+    assert figures.main([str(finished_copy)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"run/test_outputs.npz is damaged \(.+\): remove it and the run's result.yaml, then run the "
+                        r"run \(or its sweep\) again: it is tested again from its checkpoint", err), err
+    assert "pickle" not in err
+
+
+def test_a_damaged_multirun_yaml_is_one_line(tmp_path, monkeypatch):
+    from mnist_lab.cmdline import prepare_argv
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "multirun.yaml").write_text("hydra: {overrides: [\n")
+    with pytest.raises(runs_errors.DamagedFileError) as err:
+        prepare_argv(["train", "-m", "resume=s"])
+    assert str(err.value) == ("s/multirun.yaml is damaged (not valid YAML (line 2)): restore it (Hydra wrote it when "
+                              "the sweep began), or give a new hydra.sweep.dir")
+    (tmp_path / "s" / "multirun.yaml").write_text("")
+    with pytest.raises(runs_errors.DamagedFileError, match=r"^s/multirun.yaml is damaged \(empty\)"):
+        runs.saved_overrides(tmp_path / "s")
+
+
+def test_a_lock_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    lock = tmp_path / runs.LOCK
+    with runs.owned(lock, "run", tmp_path, "it again"):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert [p.name for p in tmp_path.iterdir()] == [runs.LOCK]  # no temporary file left
+    assert not lock.exists()

@@ -138,12 +138,25 @@ def test_study_runs_two_trials_at_a_time_on_slurm(slurm, tiny_mnist, tmp_path):
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     study = optuna.load_study(study_name="mnist_lab", storage=open_storage(str(sweep / JOURNAL)))
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    spans = []
     for trial in study.trials:
         events = EventAccumulator(trial.user_attrs["run"], size_guidance={"scalars": 0})
         events.Reload()
-        spans.append((events.FirstEventTimestamp(), events.Scalars("test/acc")[-1].wall_time))
         assert trial.intermediate_values and trial.user_attrs["test/acc"] == events.Scalars("test/acc")[-1].value
-    assert max(start for start, _ in spans) < min(end for _, end in spans)  # the two trials ran side by side
+    jobs = slurm_jobs(sweep / ".submitit")  # side by side, as Slurm ran them (not how fast each trained)
+    assert [j["JobState"] for j in jobs] == ["COMPLETED", "COMPLETED"], jobs
+    assert max(j["StartTime"] for j in jobs) < min(j["EndTime"] for j in jobs), jobs
     logs = sorted((sweep / ".submitit").rglob("*_log.out"))
     assert len(logs) == 2 and all("test: test/loss=" in log.read_text() for log in logs)  # trained in Slurm jobs
+
+
+def slurm_jobs(submitit_dir) -> list[dict[str, str]]:
+    """What `scontrol show job` says of each job that submitit kept a folder for (<job id> or <array id>_<task>):
+    its fields, e.g. JobState, StartTime, EndTime (ISO times, to the second; kept for MinJobAge after the end)."""
+    jobs: dict[str, dict[str, str]] = {}
+    for folder in sorted(p for p in submitit_dir.iterdir() if p.is_dir() and re.fullmatch(r"\d+(_\d+)?", p.name)):
+        shown = subprocess.run(["scontrol", "--oneliner", "show", "job", folder.name], capture_output=True, text=True,
+                               check=True).stdout
+        for line in shown.splitlines():  # an array's id shows each of its tasks, a line each
+            fields = dict(field.split("=", 1) for field in line.split() if "=" in field)
+            jobs[fields["JobId"]] = fields
+    return [jobs[k] for k in sorted(jobs, key=int)]

@@ -24,7 +24,7 @@ from mnist_lab.config import check_keys, compose
 from mnist_lab.errors import ConfigError, ObjectiveError
 from mnist_lab.runs import RunDir
 from mnist_lab.train import train
-from tests.conftest import run_cli, tiny_overrides
+from tests.conftest import HOLD_LOCK, run_cli, tiny_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -278,3 +278,46 @@ def test_plots_say_in_one_line_of_ours_what_optuna_would_warn(tmp_path, capfd, c
     assert (tmp_path / "optimization_history.png").is_file()
     assert "no intermediate_values.png yet: " in caplog.text  # Optuna's reason, as our line
     assert not (tmp_path / "intermediate_values.png").exists()
+
+
+def test_a_torn_journal_tail_is_cut_off_and_the_study_goes_on(tiny_mnist, tmp_path):
+    # a crash or a full disk in the middle of an append: the record of trial 2's end is half written
+    sweep = tmp_path / "sweep"
+    args = [f"hydra.sweep.dir={sweep}", "hydra.sweeper.n_trials=3", "optimizer.lr=choice(1e-3,3e-3)",
+            *sweep_overrides(tiny_mnist, tmp_path), "trainer.max_epochs=1"]
+    assert run_study(args, cwd=tmp_path).returncode == 0
+    journal = sweep / study.JOURNAL
+    whole = journal.read_bytes()
+    last = whole[:-1].rsplit(b"\n", 1)[1] + b"\n"
+    assert b'"state":1' in last  # trial 2 finished: its last record
+    torn = whole[len(whole) - len(last):len(whole) - len(last) // 2]
+    journal.write_bytes(whole[:len(whole) - len(last) // 2])
+
+    again = run_study(args, cwd=tmp_path)
+    assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+    kept = list(sweep.glob(f"{study.JOURNAL}.torn-*"))
+    assert len(kept) == 1 and kept[0].read_bytes() == torn
+    said = [line for line in (again.stdout + again.stderr).splitlines() if "torn record" in line]
+    assert len(said) == 1 and said[0].endswith(f"{study.JOURNAL} ended in a torn record ({len(torn)} bytes, "
+                                               f"a write cut short): cut off and kept in {kept[0].name}; the "
+                                               "study continues from its last whole record"), said
+    states = [t.state for t in load(journal).trials]  # every line reads
+    assert states == [TrialState.COMPLETE] * 2 + [TrialState.FAIL, TrialState.COMPLETE]  # exactly n_trials done
+
+
+def test_a_study_in_use_is_refused(tiny_mnist, tmp_path):
+    # a second copy of the study: it would fail the first's running trials and run trials beyond n_trials
+    sweep = tmp_path / "sweep"
+    lock = f"{sweep / study.JOURNAL}.study.lock"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, lock], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result = run_study([f"hydra.sweep.dir={sweep}", "optimizer.lr=choice(1e-3,3e-3)",
+                          *sweep_overrides(tiny_mnist, tmp_path)], cwd=tmp_path)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 1
+    assert re.fullmatch(rf"study sweep/{study.JOURNAL} is in use by pid {holder.pid} on \S+ \(since [\d: -]+\): let "
+                        r"that one finish, or stop it and run the same command again", result.stderr.splitlines()[0])
+    assert not (sweep / study.JOURNAL).exists()

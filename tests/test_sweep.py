@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -157,6 +159,60 @@ def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path)
         assert all((run / f"{name}.png").is_file() for name in FIGURES), run
     assert sorted(p.name for p in runs.find_runs(killed)) == sorted(p.name for p in runs.find_runs(sweep))
     assert table_without_times(killed) == table_without_times(sweep)
+
+
+def test_damaged_files_of_a_sweep_are_said_and_mended(sweep, tiny_mnist, tmp_path):
+    """A result.yaml empty, cut short, garbled or a plain string: the job is tested again from its last.ckpt, one
+    line naming the file, and its record is whole again; where last.ckpt is damaged too, it is set aside and the job
+    trained again. A finished job's damaged test_outputs.npz: said, the sweep goes on."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    jobs = sorted(runs.find_runs(copy), key=lambda p: int(p.name.split("_")[0]))
+    whole = {job.name: yaml.safe_load((job / "result.yaml").read_text()) for job in jobs}
+    for job, text in ((jobs[0], ""), (jobs[2], "metrics: {test/acc: [1,\n"), (jobs[3], "done")):
+        (job / "result.yaml").write_text(text)
+    last = jobs[3] / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:3000])
+    (jobs[1] / "history.png").unlink()  # finished, a figure not drawn yet, and its test outputs damaged
+    (jobs[1] / "test_outputs.npz").write_bytes(b"PK\x03\x04 not a zip")
+
+    again = subprocess.run(sweep_command(tiny_mnist, copy), capture_output=True, text=True, timeout=600, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = again.stdout + again.stderr
+    for n, problem in ((0, "empty"), (2, "not valid YAML (line 2)"), (3, "no metrics")):
+        assert f"{jobs[n] / 'result.yaml'} is not a whole record ({problem}): tested again from its last.ckpt" in log
+    npz = re.escape(str(jobs[1] / "test_outputs.npz"))
+    assert re.search(rf"{npz} is damaged \(.+\): remove it and the run's result.yaml", log)
+    assert re.search(rf"{re.escape(str(last))} is damaged \(no checkpoint this job can resume from\): kept as "
+                     r"last.ckpt.damaged-\w+; the job starts again from the beginning", log)
+    assert again.stdout.count("test: ") == 3 and again.stdout.count("epoch 1/2") == 1  # job 3 alone trained
+    for job in jobs:
+        assert yaml.safe_load((job / "result.yaml").read_text())["metrics"] == whole[job.name]["metrics"], job.name
+
+
+def test_the_same_sweep_started_twice_runs_once(tiny_mnist, tmp_path):
+    """A double submit: the second copy stops at once in one line naming the first; the first runs every job once."""
+    sweep_dir = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(tiny_mnist, sweep_dir) if not o.startswith("output_dir=")]
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "seed=0,1", "trainer.max_epochs=1",
+           f"hydra.sweep.dir={sweep_dir}", *overrides]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        deadline = time.time() + 120
+        while not (sweep_dir / ".lock").is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+        out, _ = first.communicate(timeout=600)
+    finally:
+        first.kill()
+    assert second.returncode == 1
+    said = second.stderr.splitlines()[0]
+    assert re.fullmatch(rf"sweep {sweep_dir} is in use by pid {first.pid} on \S+ \(since [\d: -]+\): let that one "
+                        r"finish, or stop it and run the same command again", said), second.stderr
+    assert first.returncode == 0, out[-3000:]
+    log = (sweep_dir / "sweep.log").read_text().splitlines()
+    assert len(log) == 2 and all(" finished: " in line for line in log), log
+    assert not list(sweep_dir.rglob(".lock"))
 
 
 def test_resume_with_the_sweep_folder_alone(tmp_path):

@@ -20,7 +20,7 @@ from mnist_lab.idx import train_size
 from mnist_lab.loggers import HParams, build_loggers
 from mnist_lab.models import build_model
 from mnist_lab.module import LitClassifier
-from mnist_lab.reporting import EpochLines, EpochTime, RunFigures, RunProgressBar, study_callbacks
+from mnist_lab.reporting import EpochLines, EpochTime, FitRecord, RunFigures, RunProgressBar, study_callbacks
 from mnist_lab.runs import RunDir
 
 
@@ -83,7 +83,7 @@ def build_trainer(cfg: DictConfig, run: RunDir, trainer_args: dict, plan: fastpa
     # own, written every epoch.
     last = ModelCheckpoint(dirpath=run.checkpoints, filename=runs.LAST, enable_version_counter=False)
     callbacks = [*extra, checkpoint, *([last] if validate else []), NonFiniteGuard(), GracefulInterrupt(run.path),
-                 EpochTime(), HParams(), ProcessGroupEnd()]
+                 EpochTime(), HParams(), ProcessGroupEnd(), FitRecord()]
     chosen = OmegaConf.to_container(cfg.logger, resolve=True)
     if not cfg.trainer.fast_dev_run:  # a smoke test writes no figures (Lightning drops its loggers too)
         callbacks.append(RunFigures(run.path, chosen, normalized=cfg.data.normalize))

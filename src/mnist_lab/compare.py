@@ -37,11 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import yaml
 from torch.utils.tensorboard import SummaryWriter
 
 from mnist_lab import drawing, runs, usage
 from mnist_lab.config import NOT_HPARAMS, among, chosen_loggers, override_key
+from mnist_lab.errors import DamagedFileError
 from mnist_lab.loggers import read_scalars
 from mnist_lab.models import build_model
 
@@ -90,12 +90,15 @@ def several_sweeps(groups: dict[Path | None, list[Path]], folder: Path) -> str:
 
 def read_run(path: Path) -> Run:
     run = runs.RunDir(path)
-    config = yaml.safe_load(run.config.read_text()) or {}
+    config = runs.read_config(path)  # checked: a damaged one stops compare in one line, naming it
     model = config.get("model", {}).get("name", "?")
     overrides = run.saved_overrides()
     ignored = {"seed", "model", *left_out_of_names(run.hydra_record)}
     rest = [o for o in overrides if override_key(o) not in ignored]
     scalars = read_scalars(path, ("val/acc", "train/acc", "test/acc", *EPOCH_S), chosen_loggers(config))
+    for events, problem in damaged_event_files(path):  # TensorBoard's reader stops there without a word
+        print(f"{runs.shown(events)} is damaged ({problem}): the run's values logged after that are missing here; "
+              "a run still writing it: compare again when it ends", file=sys.stderr)
     test = scalars.get("test/acc")
     epoch_s = next((scalars[tag] for tag in EPOCH_S if scalars.get(tag)), None)
     return Run(path, " ".join([model, *rest]), config.get("seed"), count_params(config.get("model", {})),
@@ -120,11 +123,30 @@ def header(found: list[Run], shared: list[str]) -> str:
     return "; ".join(p for p in parts if p) + (f"; every run: {' '.join(shared)}" if shared else "")
 
 
+def damaged_event_files(run_dir: Path) -> list[tuple[Path, str]]:
+    """The run's TensorBoard event files that TensorBoard's own record reader cannot read to their end (cut short
+    by a kill or a full disk, or corrupted), each with the reader's reason."""
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+
+    damaged = []
+    for path in sorted(Path(run_dir).glob("events.out.tfevents.*")):
+        reader = pywrap_tensorflow.PyRecordReader_New(str(path))
+        while True:
+            try:
+                reader.GetNext()
+            except errors.OutOfRangeError:  # the end, after a whole record
+                break
+            except errors.DataLossError as err:
+                damaged.append((path, err.message.replace(f"{path} ", "").replace(str(path), "the file")))
+                break
+    return damaged
+
+
 def left_out_of_names(hydra_yaml: Path) -> list[str]:
     """The keys a sweep left out of its run folders' names, from the run's record of its Hydra config."""
     if not hydra_yaml.is_file():
         return []
-    record = yaml.safe_load(hydra_yaml.read_text()) or {}
+    record = runs.read_yaml(hydra_yaml, dict, "restore it, or move the run aside")
     return list(record.get("hydra", {}).get("job", {}).get("config", {}).get("override_dirname", {})
                 .get("exclude_keys", []))
 
@@ -359,7 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(groups) > 1 and not args.pool:
         print(several_sweeps(groups, args.sweep), file=sys.stderr)
         return 1
-    found, shared = by_what_varies([read_run(p) for p in paths])
+    try:
+        found, shared = by_what_varies([read_run(p) for p in paths])
+    except DamagedFileError as err:
+        print(err, file=sys.stderr)
+        return 1
     text = header(found, shared) + "\n\n" + table(found, args.sweep)
     print(text)
     md = runs.write_text(args.sweep / "compare.md", text + "\n")

@@ -41,6 +41,15 @@ class WriteError(MnistLabError):
     """A file could not be written (a full disk, a quota, no permission); the earlier file is kept whole."""
 
 
+class DamagedFileError(MnistLabError):
+    """A file of a run or sweep that is not what it should hold (empty, cut short, garbled): the message names
+    it and what to do."""
+
+
+class LockedError(MnistLabError):
+    """A run folder, sweep folder or study that another live process holds (runs.Lock)."""
+
+
 class ExportCheckError(MnistLabError):
     """An exported file whose outputs differ from the eager model's."""
 

@@ -21,18 +21,19 @@ import logging
 import multiprocessing
 import os
 import sys
+import zipfile
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from hydra.core.hydra_config import HydraConfig
 
 from mnist_lab import usage
 from mnist_lab.config import chosen_loggers
-from mnist_lab.runs import RunDir, atomic_path, find_runs, in_sweep
+from mnist_lab.errors import DamagedFileError
+from mnist_lab.runs import RunDir, atomic_path, find_runs, in_sweep, read_config, shown
 
 HISTORY_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
 FIGURES = ("history", "confusion_matrix", "per_class", "mistakes")  # the PNGs draw_now writes into the run folder
@@ -42,17 +43,47 @@ _pool: ProcessPoolExecutor | None = None
 
 def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
     """Draw a run's figures from `payload` (see draw_now), at once or in a worker process."""
-    global _pool
     if not background:
         draw_now(payload)
         return None
-    if _pool is None:
-        workers = max(1, len(os.sched_getaffinity(0)) // 4) if hasattr(os, "sched_getaffinity") else 1
-        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    future = _pool.submit(draw_now, payload)
+    future = pool().submit(draw_now, payload)
     future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and log.error(
         f"the figures of {run} failed: {f.exception()}; draw them again with python -m mnist_lab.figures {run}"))
     return future
+
+
+def pool() -> ProcessPoolExecutor:
+    """The drawing workers of this process (spawned at the first call, a quarter of the cores, at least one)."""
+    global _pool
+    if _pool is None:
+        workers = max(1, len(os.sched_getaffinity(0)) // 4) if hasattr(os, "sched_getaffinity") else 1
+        _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=quiet_helper, initargs=(os.getpid(),))
+    return _pool
+
+
+def quiet_helper(parent: int) -> None:
+    """How a drawing worker starts: in a process group of its own, so that a Ctrl-C at the terminal reaches the
+    sweep alone (which says what happened) and not its helpers (whose tracebacks garbled the console); ended when
+    the sweep's process ends, however it ends (Linux's parent-death signal: a SIGKILLed sweep leaves no worker
+    behind); and silent: a failed drawing reaches the sweep through its future, which logs it in one line."""
+    import signal
+    import sys
+
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker ends when the pool's pipe closes
+        pass
+    if os.getppid() != parent:  # the sweep ended before the signal was set up
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the worker's life)
 
 
 def draw_now(payload: dict[str, Any]) -> None:
@@ -110,9 +141,14 @@ def saved_payload(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = RunDir(run_dir).test_outputs
     if not path.is_file():
         return None
-    with np.load(path, allow_pickle=False) as saved:
-        payload: dict[str, Any] = {k: saved[k] for k in saved.files}
-    payload["step"] = int(payload["step"])
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            payload: dict[str, Any] = {k: saved[k] for k in saved.files}
+        payload["step"] = int(payload["step"])
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:  # not np.savez's arrays
+        problem = str(err).splitlines()[0][:60] if str(err) else type(err).__name__
+        raise DamagedFileError(f"{shown(path)} is damaged ({problem}): remove it and the run's result.yaml, then run "
+                               "the run (or its sweep) again: it is tested again from its checkpoint") from None
     return payload
 
 
@@ -130,15 +166,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="run folders, or folders holding runs (a sweep): each finished run's figures are drawn")
     folders = parser.parse_args(argv).folders
     runs = sorted({run for f in folders for run in find_runs(f)})
-    drawn = 0
+    drawn, damaged = 0, 0
     for run in runs:
-        payload = saved_payload(run)
+        try:
+            payload = saved_payload(run)
+            config = read_config(run) if payload is not None else {}
+        except DamagedFileError as err:  # said, and the other runs drawn
+            print(err, file=sys.stderr)
+            damaged += 1
+            continue
         if payload is None:
             continue
-        config = yaml.safe_load(RunDir(run).config.read_text()) or {}
         draw_now({**payload, "run_dir": str(run), "chosen": dict(chosen_loggers(config))})
         print(f"drew the figures of {run}")
         drawn += 1
+    if damaged:
+        return 1
     if not drawn:
         print(f"no finished runs (with {RunDir(folders[0]).test_outputs.name}) under {', '.join(map(str, folders))}",
               file=sys.stderr)

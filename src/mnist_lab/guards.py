@@ -94,7 +94,8 @@ class GracefulInterrupt(L.Callback):
     saved after an epoch's last step, counts the epoch as done and never validates it.
 
     A second Ctrl-C stops at once, saving nothing more, and says what there is to resume from. Under DDP
-    Lightning's own SIGTERM handling is left in place (the ranks must agree on where to stop).
+    Lightning's own SIGTERM handling is left in place (the ranks must agree on where to stop). A signal the
+    process was started with ignored (a shell starts a background job with SIGINT ignored) stays ignored.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -109,6 +110,8 @@ class GracefulInterrupt(L.Callback):
             return
         self.trainer = trainer
         for sig in self.SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. SIGINT of a background job (`cmd &`): keep ignoring it
+                continue
             self.previous[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:

@@ -32,7 +32,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 
 from mnist_lab.idx import RAW_FILES, file_sha256, raw_folder
-from mnist_lab.runs import RunDir, write_text
+from mnist_lab.runs import RunDir, set_aside, write_text, yaml_problem
 
 PACKAGES = ("torch", "lightning", "hydra-core", "torchmetrics", "numpy", "mnist_lab")
 SLURM_VARS = {"job_id": "SLURM_JOB_ID", "array_job_id": "SLURM_ARRAY_JOB_ID", "array_task_id": "SLURM_ARRAY_TASK_ID",
@@ -163,8 +163,11 @@ def now() -> str:
 def write(run: RunDir, record: dict[str, Any], diff: str) -> None:
     """provenance.yaml (and provenance.diff) of a new run; for a run that already has one (a resumed run),
     the record is added to its `resumed` list, the earlier ones kept."""
+    problem = yaml_problem(run.provenance) if run.provenance.is_file() else None
+    if problem is not None:  # the earlier starts' record is lost: this start's is written in its place
+        set_aside(run.provenance, problem, then="this start's record is written in its place")
     if run.provenance.is_file():
-        first = yaml.safe_load(run.provenance.read_text()) or {}
+        first = yaml.safe_load(run.provenance.read_text())
         n = len(first.get("resumed", [])) + 1
         if diff:
             name = f"{run.provenance_diff.stem}.resumed-{n}.diff"

@@ -44,6 +44,31 @@ class EpochTime(L.Callback):
         module.log("train/epoch_s", self.seconds[-1], on_epoch=True, reduce_fx="max")
 
 
+class FitRecord(L.Callback):
+    """The last epoch's train/* and val/* means, kept in every checkpoint (a callback's state), for result.yaml.
+
+    A run restarted from a checkpoint saved after its last epoch (killed before or during its test) trains
+    nothing more, so its fit logs no metrics: they come back from the checkpoint it restarted from."""
+
+    def __init__(self):
+        self.restored: dict[str, float] = {}
+        self.trainer = None
+
+    def setup(self, trainer, module, stage: str) -> None:
+        self.trainer = trainer
+
+    def fitted(self) -> dict[str, float]:
+        """This fit's latest train/* and val/* means, over those of the checkpoint it started from."""
+        metrics = self.trainer.callback_metrics if self.trainer is not None else {}
+        return {**self.restored, **{k: float(v) for k, v in metrics.items() if k.startswith(("train/", "val/"))}}
+
+    def state_dict(self) -> dict:
+        return {"metrics": self.fitted()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.restored = {k: float(v) for k, v in state_dict.get("metrics", {}).items()}
+
+
 class EpochLines(Checkpoint):
     """One line per epoch, on the console and in train.log:
 

@@ -27,6 +27,7 @@ import yaml
 from mnist_lab import provenance as prov
 from mnist_lab import runs, usage
 from mnist_lab.config import chosen_loggers
+from mnist_lab.errors import DamagedFileError
 from mnist_lab.loggers import read_scalars
 from mnist_lab.resume import saved_config
 from mnist_lab.train import train
@@ -38,7 +39,7 @@ TAGS = ("train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc
 
 def recorded_metrics(run: runs.RunDir, config: dict) -> dict[str, float]:
     """The run's final metrics: result.yaml's, else the last value of each tag its loggers hold."""
-    if run.result.is_file():
+    if run.result.is_file():  # checked: a damaged one raises DamagedFileError
         return runs.result_metrics(run.path)
     return {tag: values[-1] for tag, values in read_scalars(run.path, TAGS, chosen_loggers(config)).items() if values}
 
@@ -85,13 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run.path} holds no {runs.CONFIG}: give the folder of a run of python -m mnist_lab.train",
               file=sys.stderr)
         return 2
-    saved = yaml.safe_load(run.config.read_text()) or {}
-    old = recorded_metrics(run, saved)
+    try:
+        saved = runs.read_config(run.path)  # an empty or garbled one would train some other config
+        old = recorded_metrics(run, saved)
+        provenance = runs.read_yaml(run.provenance, dict, "restore it, or move it aside (reproduce then takes "
+                                    "the current code)") if run.provenance.is_file() else {}
+    except DamagedFileError as err:
+        print(err, file=sys.stderr)
+        return 2
     if not old:
         print(f"{run.path} holds no metrics to compare with (no {runs.RESULT}, nothing logged): the run did not "
               "finish; resume it first (python -m mnist_lab.train resume=<run>)", file=sys.stderr)
         return 2
-    provenance = yaml.safe_load(run.provenance.read_text()) if run.provenance.is_file() else {}
     out = args.out or Path("outputs/reproduce") / f"{datetime.datetime.now():%Y-%m-%d_%H-%M-%S}_{run.path.name}"
     cfg = config_again(provenance, out.resolve(), args.data_dir, run)
     train(cfg)

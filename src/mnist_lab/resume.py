@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist_lab import config
+from mnist_lab import config, runs
 from mnist_lab.console import log
 from mnist_lab.errors import CheckpointError, ConfigError
 from mnist_lab.runs import RunDir, in_sweep, result_metrics, shown
@@ -31,7 +31,13 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
 
         if in_sweep():  # a resumed sweep: the same overrides (sweeps.py checked), but conf/ may have changed
             check_unchanged(cfg, run)
-        load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
+        try:
+            load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
+        except CheckpointError:  # damaged (a kill mid-write on a filesystem without atomic rename)
+            if not in_sweep():
+                raise
+            runs.set_aside(run.last_ckpt, "no checkpoint this job can resume from")
+            return cfg, None
         log.info(f"{'requeued job' if requeued() else 'resumed sweep'}: resuming from {run.last_ckpt}")
         return cfg, str(run.last_ckpt)
     return cfg, None
@@ -67,10 +73,9 @@ def finished(run_dir: str | os.PathLike) -> str | None:
     """For resume= of a run that finished (its result.yaml holds its metrics): the line that says so; else None.
     Such a run is left as it is: nothing to resume, nothing rewritten."""
     run = RunDir(Path(run_dir).expanduser())
-    try:
-        metrics = result_metrics(run.path) if run.result.is_file() else {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None  # not a complete record: the run resumes (its checks say what is wrong)
+    if not runs.finished(run.path):
+        return None  # no whole record (runs.result_problem): the run resumes, tested again from its checkpoint
+    metrics = result_metrics(run.path)
     tests = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
     if not tests:
         return None
@@ -113,6 +118,8 @@ def check_unchanged(cfg: DictConfig, run: RunDir) -> None:
     """Raise ConfigError where the config a sweep job resumes with differs from the one its run folder saved
     (keys that resume= may set aside, and the run folder's own path)."""
     free = (*config.RESUME_MAY_SET, "output_dir")
+    if run.config.is_file():
+        runs.read_config(run.path)  # checked: a damaged one is named in one line
     saved = config.flatten(OmegaConf.to_container(OmegaConf.load(run.config)) if run.config.is_file() else {})
     now = config.flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = [f"{k}={now.get(k)} (saved: {saved.get(k)})" for k in sorted(saved.keys() | now.keys())

@@ -23,6 +23,7 @@ sweep left running are recorded as failed when the study continues; no trial num
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -47,7 +48,7 @@ from omegaconf import OmegaConf, open_dict
 from mnist_lab import config, sweeps
 from mnist_lab.config import flatten
 from mnist_lab.errors import ConfigError, Interrupted, ObjectiveError, StudyError
-from mnist_lab.runs import RunDir, write_text
+from mnist_lab.runs import RunDir, cut_torn_tail, owned, write_text
 
 if TYPE_CHECKING:
     import optuna
@@ -151,8 +152,9 @@ def storage_location(storage: str | None, sweep_dir: str) -> str:
     return os.path.abspath(storage or os.path.join(sweep_dir, JOURNAL))
 
 
-def open_storage(location: str) -> Any:
-    """Optuna storage for a journal file (checked to be one before anything is written to it) or an RDB URL."""
+def open_storage(location: str, mend: bool = False) -> Any:
+    """Optuna storage for a journal file (checked to be one before anything is written to it) or an RDB URL.
+    mend=True (the sweeper, before it opens the study): a torn last record is cut off first (mend_journal)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -162,10 +164,29 @@ def open_storage(location: str) -> Any:
     path = Path(location)
     if path.is_dir():
         raise StudyError(f"hydra.sweeper.storage={path} is a folder: give a journal file, e.g. {path / JOURNAL}")
+    if mend and path.is_file():
+        mend_journal(path)
     if path.is_file() and path.stat().st_size:
         check_journal(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     return JournalStorage(JournalFileBackend(str(path)))
+
+
+def mend_journal(path: Path) -> None:
+    """Cut off a torn last record of the journal (a writer killed or out of disk mid-append), kept aside in
+    optuna.journal.torn-<time>. Optuna reads past a torn last line but appends its next record onto it, and
+    from then on no read succeeds. Done under Optuna's own journal lock: no record is being written."""
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    lock = JournalFileSymlinkLock(str(path))  # the lock JournalFileBackend takes to append
+    lock.acquire()
+    try:
+        kept = cut_torn_tail(path)
+    finally:
+        lock.release()
+    if kept is not None:
+        log.warning(f"{path.name} ended in a torn record ({kept.stat().st_size} bytes, a write cut short): cut "
+                    f"off and kept in {kept.name}; the study continues from its last whole record")
 
 
 def check_journal(path: Path) -> None:
@@ -283,14 +304,23 @@ class StudySweep:
         config.check_keys(overrides)  # as on the command line: "did you mean ...?"
         self.check_space(space, fixed)
         sweeps.name_by_what_varies(self.config, [fixed], None)  # the plain overrides: kept out of run names
-        study = self.open_study(space)
-        self.fail_left_running(study)
-        previous = self.catch_signals()
-        try:
-            self.run(study, space, fixed)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        with self.owned():
+            study = self.open_study(space)
+            self.fail_left_running(study)
+            previous = self.catch_signals()
+            try:
+                self.run(study, space, fixed)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def owned(self) -> Any:
+        """The study's lock (runs.Lock, <journal>.study.lock) while this sweeper runs it: a second copy stops in
+        one line instead of failing the first's running trials. An RDB storage has no file to lock beside it."""
+        location = storage_location(self.storage, str(self.sweep_dir))
+        if "://" in location:
+            return contextlib.nullcontext()
+        return owned(f"{location}.study.lock", "study", location, "run the same command again")
 
     def folder_name(self, number: int, params: dict[str, Any]) -> list[str]:
         """The override naming a trial's run folder by what the study searches: <trial>_<model>_<key>:<value>+...
@@ -328,7 +358,7 @@ class StudySweep:
         from optuna.distributions import json_to_distribution
 
         location = storage_location(self.storage, str(self.sweep_dir))
-        self.opened = open_storage(location)
+        self.opened = open_storage(location, mend=True)
         study = optuna.create_study(storage=self.opened, study_name=self.study_name,
                                     direction=self.direction, load_if_exists=True)
         spec = {"metric": self.metric, "direction": self.direction,
@@ -482,7 +512,8 @@ class StudySweep:
         in this process gets the signal itself (guards.GracefulInterrupt) and saves its checkpoint."""
         if threading.current_thread() is not threading.main_thread():
             return {}
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
+                    if signal.getsignal(sig) is not signal.SIG_IGN}  # ignored (a background job's SIGINT): kept so
 
         def stop(signum: int, frame: Any) -> None:
             self.stop_signal = signum

@@ -9,9 +9,11 @@ builds the same jobs, in the same order and with the same numbers, as Hydra's ba
 a sweep folder it already wrote, it compares the overrides with the ones saved there (multirun.yaml) and
 refuses changed ones in one line, then for each job looks at its run folder:
 
-    finished      result.yaml is there (the run trained and tested): skipped, its metrics kept
-    interrupted   checkpoints/last.ckpt but no result.yaml: launched; the job resumes from last.ckpt
-                  (resume.continued), with its config checked against the one it saved
+    finished      result.yaml is there and whole (the run trained and tested; runs.result_problem):
+                  skipped, its metrics kept
+    interrupted   checkpoints/last.ckpt but no whole result.yaml: launched; the job resumes from last.ckpt
+                  (resume.continued), with its config checked against the one it saved; one whose result.yaml
+                  is damaged (said in one line) is tested again from there
     not started   launched as new
 
 Jobs keep their numbers and folder names. With the basic launcher the jobs run one at a time, and a
@@ -25,12 +27,12 @@ No torch at import: the train command's checks (mnist_lab.cmdline) import this m
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
@@ -38,7 +40,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mnist_lab import figures, runs
 from mnist_lab.config import RESUME_MAY_SET, override_key
-from mnist_lab.errors import ConfigError, Interrupted
+from mnist_lab.errors import ConfigError, DamagedFileError, Interrupted
 from mnist_lab.runs import saved_overrides
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,20 @@ def resume_argv(sweep_dir: Path, flags: list[str], overrides: list[str]) -> list
     return [*multirun, *flags, *hydra, *task, *given, f"hydra.sweep.dir={sweep_dir}"]
 
 
+def owned_sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
+    """sweep(), holding the sweep folder's lock (runs.Lock): a second copy of the sweep stops in one line. Jobs
+    that Slurm runs side by side each hold their own run folder's lock."""
+    sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
+    new = not sweep_dir.exists()
+    try:
+        with runs.owned(sweep_dir / runs.LOCK, "sweep", sweep_dir, "run the same command again"):
+            return sweep(sweeper, arguments)
+    finally:
+        if new:  # refused before it wrote anything: no empty folder left behind
+            with contextlib.suppress(OSError):
+                sweep_dir.rmdir()
+
+
 def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
     """The plugin's sweep(): `sweeper` is a hydra BasicSweeper set up by Hydra (config, launcher, context)."""
     parser = OverridesParser.create(config_loader=sweeper.hydra_context.config_loader)
@@ -115,6 +131,10 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
             if state == FINISHED:
                 log.info(f"\t#{n} : finished, kept: {folders[n].name}  {read_result(folders[n])}")
                 complete_figures(folders[n])
+            elif runs.RunDir(folders[n]).result.exists():
+                again = "tested again from its last.ckpt" if state == INTERRUPTED else "trained again"
+                log.warning(f"\t#{n} : {runs.shown(runs.RunDir(folders[n]).result)} is not a whole record "
+                            f"({runs.result_problem(folders[n])}): {again}")
             elif state == INTERRUPTED:
                 log.info(f"\t#{n} : interrupted, resumes from {runs.RunDir(folders[n]).last_ckpt}")
 
@@ -127,7 +147,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
             for (n, _), ret in zip(group, launch(sweeper.launcher, group), strict=True):
                 returns[n] = ret
                 if ret.status == JobStatus.FAILED and isinstance(ret._return_value, Interrupted):
-                    done = sum(1 for f in folders.values() if runs.RunDir(f).result.is_file())
+                    done = sum(1 for f in folders.values() if runs.finished(f))
                     raise Interrupted(f"{str(ret._return_value).split(':', 1)[0]}: job {n} stopped and saved "
                                       f"{runs.RunDir(folders[n]).last_ckpt}; {done} of {len(folders)} jobs "
                                       f"are finished. Continue the sweep with: python -m mnist_lab.train -m "
@@ -187,7 +207,8 @@ def check_folders(sweep_dir: Path, folders: dict[int, Path], jobs: list) -> None
     overrides = {n: o for batch in jobs for n, o in batch}
     names = {f.name: n for n, f in folders.items()}
     for found in sorted(p for p in sweep_dir.iterdir() if runs.RunDir(p).overrides.is_file()):
-        recorded = runs.RunDir(found).saved_overrides()
+        recorded = runs.RunDir(found).saved_overrides("restore it, or move that run folder out of the sweep (its job "
+                                                      "then runs again)")
         n = names.get(found.name)
         if n is None or fixed(recorded) != fixed(overrides[n]):
             raise ConfigError(f"sweep {sweep_dir} holds {found.name} (overrides {' '.join(recorded)}), which "
@@ -225,7 +246,7 @@ def launch(launcher: Any, group: list[tuple[int, list[str]]]) -> Sequence[JobRet
 
 def job_state(folder: Path) -> str:
     run = runs.RunDir(folder)
-    if run.result.is_file():
+    if runs.finished(folder):
         return FINISHED
     if run.last_ckpt.is_file():
         return INTERRUPTED
@@ -239,16 +260,18 @@ def complete_figures(folder: Path) -> None:
         return
     lacking = figures.missing(folder)
     if lacking:
+        try:
+            figures.saved_payload(folder)  # checked before the drawing: a damaged one is said, not drawn
+        except DamagedFileError as err:
+            log.warning(f"\t     {err}")
+            return
         log.info(f"\t     its figures were not drawn ({', '.join(lacking)}: the sweep stopped first); drawing them")
         figures.main([str(folder)])
 
 
 def read_result(folder: Path) -> str:
     """A finished run's test metrics, for the log: 'test/acc=0.9812 test/loss=0.0621'."""
-    try:
-        metrics = runs.result_metrics(folder)
-    except (OSError, yaml.YAMLError):
-        return ""
+    metrics = runs.result_metrics(folder)
     return " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("test/"))
 
 

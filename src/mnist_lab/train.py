@@ -36,10 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 from mnist_lab import config, console, helptext  # noqa: F401  (helptext: --help's resolver)
 from mnist_lab.cmdline import prepare_argv
 from mnist_lab.console import log
-from mnist_lab.errors import MnistLabError, NothingToDo
+from mnist_lab.errors import LockedError, MnistLabError, NothingToDo
 from mnist_lab.idx import ensure_raw_files
 from mnist_lab.resume import continued, finished
-from mnist_lab.runs import RunDir, in_sweep, result_metrics, shown, write_result, write_text
+from mnist_lab.runs import RunDir, in_sweep, owning_run, result_metrics, shown, write_result, write_text
 
 
 def train(cfg: DictConfig, callbacks: Sequence = ()) -> dict[str, float]:
@@ -50,7 +50,8 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> dict[str, float]:
     resume = Path(cfg.resume).expanduser() if cfg.get("resume") else None
     # a resumed run's record continues in its own log, where it has one
     run_dir = resume if resume is not None and RunDir(resume).config.is_file() else Path(cfg.output_dir)
-    with console.recorded(run_dir, rank_zero=console.rank_zero()):
+    first = console.rank_zero() and int(os.environ.get("NODE_RANK") or 0) == 0  # one process holds the run folder
+    with console.recorded(run_dir, rank_zero=console.rank_zero()), owning_run(run_dir, take=first):
         return _train(cfg, callbacks)
 
 
@@ -71,6 +72,7 @@ def _train(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
     from mnist_lab import provenance
     from mnist_lab.assemble import build_run, describe_device
     from mnist_lab.models import build_model, summary
+    from mnist_lab.reporting import FitRecord
 
     run = RunDir(cfg.output_dir)
     run.path.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,7 @@ def _train(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
     trainer.callbacks.append(provenance.Provenance(run, record, diff))  # written by global rank 0
     log.info(describe_device(trainer, module.fast))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    fitted = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/", "val/"))}
+    fitted = next(c for c in trainer.callbacks if isinstance(c, FitRecord)).fitted()  # a restart's too
     test_ckpt = None if cfg.trainer.fast_dev_run else "best"
     results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
     metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
@@ -115,8 +117,8 @@ def main(cfg: DictConfig) -> float:
         return train(cfg)["test/acc"]  # a float, for Hydra sweepers that optimize
     except MnistLabError as err:  # e.g. a config value or a data file rejected before the run began
         run = RunDir(cfg.output_dir)
-        if run.path.is_dir() and run.untouched():  # only what Hydra wrote, and the log of the rejection
-            shutil.rmtree(run.path)
+        if not isinstance(err, LockedError) and run.path.is_dir() and run.untouched():  # only Hydra's, the log
+            shutil.rmtree(run.path)  # (a folder another process holds is left alone)
         if in_sweep() or os.environ.get("HYDRA_FULL_ERROR"):
             raise  # the sweep reports its jobs' errors; HYDRA_FULL_ERROR=1 shows the traceback
         sys.exit(str(err))  # the line alone, without Hydra's lines around it (train.log keeps the cause)

@@ -14,4 +14,4 @@ class ResumableSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         from mnist_lab import sweeps
 
-        return sweeps.sweep(self, arguments)
+        return sweeps.owned_sweep(self, arguments)
