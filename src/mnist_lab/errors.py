@@ -6,6 +6,11 @@ alone, without a traceback (HYDRA_FULL_ERROR=1 shows it).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
 from hydra.errors import CompactHydraException
 
 
@@ -19,6 +24,10 @@ class DataError(MnistLabError):
 
 class NothingToDo(MnistLabError):
     """The command asks for what is already done (resume= of a finished run): said in a line, exit status 0."""
+
+
+class JobsFailed(MnistLabError):
+    """Some jobs of a sweep failed (each said why in its own line and in sweep.log); the others finished."""
 
 
 class ConfigError(MnistLabError):
@@ -65,3 +74,18 @@ class StudyError(MnistLabError):
 
 class ObjectiveError(ConfigError):
     """The study's metric is one the run does not log: every trial would fail the same way."""
+
+
+@contextlib.contextmanager
+def said_alone() -> Iterator[None]:
+    """Around a Hydra sweeper's sweep: an MnistLabError ends the process with its line alone and exit status 1,
+    without the lines Hydra prints around it ("Set the environment variable HYDRA_FULL_ERROR=1 ..."), which
+    HYDRA_FULL_ERROR=1 keeps, with the traceback."""
+    try:
+        yield
+    except MnistLabError as err:
+        if os.environ.get("HYDRA_FULL_ERROR"):
+            raise
+        sys.stderr.write(f"{err}\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None

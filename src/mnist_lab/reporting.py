@@ -25,6 +25,8 @@ class EpochTime(L.Callback):
     """Logs `train/epoch_s`: wall seconds of each training epoch (validation excluded), and keeps them
     in `seconds`. On a GPU it waits for the device at both ends, so queued work counts."""
 
+    TAG = "train/epoch_s"  # beside the learning curves in TensorBoard; not part of a run's result (a time)
+
     def __init__(self):
         self.seconds: list[float] = []
 
@@ -41,7 +43,7 @@ class EpochTime(L.Callback):
 
     def on_train_epoch_end(self, trainer, module) -> None:
         self.seconds.append(self._now(module) - self.start)
-        module.log("train/epoch_s", self.seconds[-1], on_epoch=True, reduce_fx="max")
+        module.log(self.TAG, self.seconds[-1], on_epoch=True, reduce_fx="max")
 
 
 class FitRecord(L.Callback):
@@ -60,7 +62,8 @@ class FitRecord(L.Callback):
     def fitted(self) -> dict[str, float]:
         """This fit's latest train/* and val/* means, over those of the checkpoint it started from."""
         metrics = self.trainer.callback_metrics if self.trainer is not None else {}
-        return {**self.restored, **{k: float(v) for k, v in metrics.items() if k.startswith(("train/", "val/"))}}
+        return {**self.restored, **{k: float(v) for k, v in metrics.items()
+                                    if k.startswith(("train/", "val/")) and k != EpochTime.TAG}}  # not its seconds
 
     def state_dict(self) -> dict:
         return {"metrics": self.fitted()}
@@ -85,8 +88,8 @@ class EpochLines(Checkpoint):
         metrics = trainer.callback_metrics
         parts = [f"{stage} loss {float(metrics[f'{stage}/loss']):.4f} acc {float(metrics[f'{stage}/acc']):.4f}"
                  for stage in ("train", "val") if f"{stage}/loss" in metrics and f"{stage}/acc" in metrics]
-        if "train/epoch_s" in metrics:
-            parts.append(f"{float(metrics['train/epoch_s']):.1f} s")
+        if EpochTime.TAG in metrics:
+            parts.append(f"{float(metrics[EpochTime.TAG]):.1f} s")
         log.info(f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}: {', '.join(parts)}")
 
 

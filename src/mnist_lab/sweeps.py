@@ -40,7 +40,7 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 from mnist_lab import figures, runs
 from mnist_lab.config import RESUME_MAY_SET, override_key
-from mnist_lab.errors import ConfigError, DamagedFileError, Interrupted
+from mnist_lab.errors import ConfigError, DamagedFileError, Interrupted, JobsFailed, MnistLabError, said_alone
 from mnist_lab.runs import saved_overrides
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def owned_sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
     sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
     new = not sweep_dir.exists()
     try:
-        with runs.owned(sweep_dir / runs.LOCK, "sweep", sweep_dir, "run the same command again"):
+        with said_alone(), runs.owned(sweep_dir / runs.LOCK, "sweep", sweep_dir, "run the same command again"):
             return sweep(sweeper, arguments)
     finally:
         if new:  # refused before it wrote anything: no empty folder left behind
@@ -153,8 +153,13 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
                                       f"are finished. Continue the sweep with: python -m mnist_lab.train -m "
                                       f"resume={sweep_dir}")
     ordered = [returns[n] for n in sorted(returns)]
-    for ret in ordered:
-        _ = ret.return_value  # raises the first failure, as Hydra's sweeper does (exit status 1)
+    failed = [ret for ret in ordered if ret.status == JobStatus.FAILED]
+    if failed and isinstance(failed[0]._return_value, MnistLabError):  # each said in its line and sweep.log
+        raise JobsFailed(f"{len(failed)} of {len(ordered)} jobs failed, each said why above and in "
+                         f"{runs.shown(sweep_dir / runs.SWEEP_LOG)}; the others finished: fix it and run the same "
+                         "command again (finished jobs are kept)")
+    for ret in failed:
+        _ = ret.return_value  # an unexpected error: raised with its traceback, as Hydra's sweeper does
     return ordered
 
 

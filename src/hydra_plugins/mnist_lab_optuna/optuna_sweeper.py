@@ -23,4 +23,7 @@ class OptunaSweeper(Sweeper):
         self.study.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
-        self.study.sweep(arguments)
+        from mnist_lab.errors import said_alone
+
+        with said_alone():  # a study's error: its line alone
+            self.study.sweep(arguments)
