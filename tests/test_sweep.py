@@ -201,7 +201,11 @@ def test_the_same_sweep_started_twice_runs_once(tiny_mnist, tmp_path):
         deadline = time.time() + 120
         while not (sweep_dir / ".lock").is_file() and first.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+        first.send_signal(signal.SIGSTOP)  # the first holds the sweep however long the second takes to start
+        try:
+            second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=ENV)
+        finally:
+            first.send_signal(signal.SIGCONT)
         out, _ = first.communicate(timeout=600)
     finally:
         first.kill()
