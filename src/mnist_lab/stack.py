@@ -116,13 +116,17 @@ def optimizer_defaults(name: str) -> dict:
 
 
 class StackedOptimizer:
-    """optim.OPTIMIZERS[name]'s update, written on stacked (N, ...) tensors, with each member's own
-    settings as (N,) float64 vectors viewed as (N, 1, ..., 1) against each tensor.
+    """optim.OPTIMIZERS[name]'s update, written on stacked (N, ...) tensors, each member with its own settings.
 
-    `ok` (N,) bool says which members step: a member that does not keeps its weights and its optimizer
-    state (its gradient is zeroed, its decay factors set to 1, its learning rate to 0), with no host sync.
-    The formulas follow torch's single-tensor implementations (torch.optim.RMSprop, Adam, SGD) and
-    optim.KerasRMSprop, in the same order of operations where a per-member factor allows.
+    A setting the members share is a Python number, as in torch's optimizer; one that differs is an (N,)
+    vector, viewed as (N, 1, ..., 1) against each tensor. The formulas follow torch's single-tensor
+    implementations (torch.optim.RMSprop, Adam, SGD) and optim.KerasRMSprop, in place where theirs are.
+
+    `ok` (N,) bool says which members step: one that does not keeps its weights and its optimizer state
+    (its gradient zeroed, its decay factors 1, its learning rate 0). On a GPU that mask always applies,
+    so nothing is read back to the host; on the CPU, where reading `ok` costs nothing, a step in which
+    every member steps skips it (the mask costs as much as the update's cheaper half).
+    step() consumes `grads` (updates them in place).
     """
 
     def __init__(self, name: str, settings: Sequence[dict], params: dict[str, torch.Tensor]):
@@ -141,13 +145,18 @@ class StackedOptimizer:
                 if k not in STACKABLE[name] and v != defaults[k]:
                     raise ConfigError(f"optimizer.{k}={v} of {name} cannot be stacked (member {i}): "
                                       f"train it alone, or leave {k} at {defaults[k]}")
-            merged.append({**defaults, **member})
-        if name == "adam":
-            for m in merged:
-                m["beta1"], m["beta2"] = m.pop("betas")
-        keys = [k for k in merged[0] if k not in defaults or k in STACKABLE[name]]
-        self.h = {k: torch.tensor([float(m[k]) for m in merged], dtype=torch.float64, device=device) for k in keys}
-        # Known on the host once: whether any member uses weight decay or momentum (no per-step sync).
+            m = {k: float(v) for k, v in {**defaults, **member}.items() if k in STACKABLE[name] and k != "betas"}
+            if name == "adam":
+                m["beta1"], m["beta2"] = (float(b) for b in {**defaults, **member}["betas"])
+            for k in ("alpha", "rho", "beta1", "beta2"):  # the weights of the new value in moving averages
+                if k in m:
+                    m[f"1-{k}"] = 1 - m[k]
+            merged.append(m)
+        dtype = next(iter(params.values())).dtype
+        self.h = {k: torch.tensor([m[k] for m in merged], dtype=torch.float64, device=device) for k in merged[0]}
+        self.col = {k: v.to(dtype) for k, v in self.h.items()}  # in the weights' dtype, for the step
+        # A setting all members share, as a number: known on the host once, no per-step sync
+        self.same = {k: merged[0][k] for k in merged[0] if all(m[k] == merged[0][k] for m in merged)}
         self.decay = any(m.get("weight_decay", 0) != 0 for m in merged)
         self.momentum = any(m.get("momentum", 0) != 0 for m in merged)
         self.steps = torch.zeros(self.n, dtype=torch.float64, device=device)  # each member's steps taken
@@ -172,59 +181,83 @@ class StackedOptimizer:
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], ok: torch.Tensor) -> None:
         self.steps += ok
-        h, dtype = self.h, next(iter(params.values())).dtype
-        keep = lambda v: torch.where(ok, v, 1.0).to(dtype)  # noqa: E731 - a stopped member's decay factor: 1
-        on = lambda v: (v * ok).to(dtype)  # noqa: E731 - a stopped member's factor: 0
-        okf = ok.to(dtype)
-        if self.name == "rmsprop":
-            alpha, one_minus_alpha = keep(h["alpha"]), on(1 - h["alpha"])
-            eps, lr, decay, mom = h["eps"].to(dtype), on(h["lr"]), on(h["weight_decay"]), keep(h["momentum"])
-        elif self.name == "keras_rmsprop":
-            rho, one_minus_rho, eps, lr = keep(h["rho"]), on(1 - h["rho"]), h["eps"].to(dtype), on(h["lr"])
-        elif self.name == "adam":
+        masked = ok.device.type != "cpu" or not bool(ok.all())
+        dtype = next(iter(params.values())).dtype
+
+        def plain(k: str) -> float | torch.Tensor:
+            return self.same.get(k, self.col[k])
+
+        def keep(k: str) -> float | torch.Tensor:  # a decay factor: 1 for a stopped member
+            return torch.where(ok, self.h[k], 1.0).to(dtype) if masked else plain(k)
+
+        def on(k: str) -> float | torch.Tensor:  # a factor on state that a stopped member keeps: 0 for it
+            return (self.h[k] * ok).to(dtype) if masked else plain(k)
+
+        name = self.name
+        if name == "adam":
             steps = self.steps.clamp(min=1)  # a member stopped at its first step: any finite value
-            step_size = on(h["lr"] / (1 - h["beta1"] ** steps))
-            bias2_sqrt = (1 - h["beta2"] ** steps).sqrt().to(dtype)
-            w1, beta2, one_minus_beta2 = on(1 - h["beta1"]), keep(h["beta2"]), on(1 - h["beta2"])
-            eps, decay = h["eps"].to(dtype), on(h["weight_decay"])
+            step_size = (self.h["lr"] / (1 - self.h["beta1"] ** steps) * (ok if masked else 1)).to(dtype)
+            bias2_sqrt = (1 - self.h["beta2"] ** steps).sqrt().to(dtype)
+            w1, beta2 = on("1-beta1"), keep("beta2")
+        elif name in ("rmsprop", "keras_rmsprop"):
+            smooth = keep("alpha" if name == "rmsprop" else "rho")
+        if name in ("rmsprop", "sgd") and self.momentum:
+            mom, lr = keep("momentum"), on("lr")  # the buffer of a stopped member stays, and does not move it
         else:
-            lr, decay, mom = on(h["lr"]), on(h["weight_decay"]), keep(h["momentum"])
-            # torch's SGD starts the buffer as the first gradient itself, undamped
-            damp = torch.where(self.steps <= 1, 1.0, 1 - h["dampening"]).to(dtype) * okf
+            lr = plain("lr")  # a stopped member's zero gradient does not move it
+        undamped = name == "sgd" and self.same.get("dampening") == 0.0
+        if name == "sgd" and self.momentum and not undamped:
+            damp = self._damp(ok, dtype)
         for k, p in params.items():
-            def c(v: torch.Tensor, p: torch.Tensor = p) -> torch.Tensor:  # (N,) as (N, 1, ..., 1), against p
-                return v.view(-1, *[1] * (p.dim() - 1))
+            def c(v: float | torch.Tensor, p: torch.Tensor = p) -> float | torch.Tensor:  # (N,) as (N, 1, ..., 1)
+                return v if isinstance(v, float) else v.view(-1, *[1] * (p.dim() - 1))
 
             g = grads[k]
-            if self.name != "keras_rmsprop" and self.decay:
-                g = g.add(p * c(decay))
-            g = torch.where(c(ok), g, 0.0)  # a stopped member's gradient may be NaN
-            if self.name == "rmsprop":
+            if self.decay and name != "keras_rmsprop":  # L2: grad + weight_decay * param
+                wd = plain("weight_decay")
+                g = g.add_(p, alpha=wd) if isinstance(wd, float) else g.addcmul_(p, c(wd))
+            if masked:
+                g = torch.where(c(ok), g, 0.0)  # a stopped member's gradient may be NaN
+            if name in ("rmsprop", "keras_rmsprop"):
                 v = self.state["square_avg"][k]
-                v.mul_(c(alpha)).addcmul_(g, g * c(one_minus_alpha))
-                avg = v.sqrt().add_(c(eps))
+                new = plain("1-alpha" if name == "rmsprop" else "1-rho")
+                v.mul_(c(smooth))
+                v.addcmul_(g, g, value=new) if isinstance(new, float) else v.addcmul_(g, g * c(new))
+                if name == "rmsprop":
+                    avg = v.sqrt().add_(c(plain("eps")))
+                else:
+                    avg = v.add(c(plain("eps"))).sqrt_()  # Keras: eps inside the root
                 if self.momentum:
                     buf = self.state["momentum_buffer"][k]
                     buf.mul_(c(mom)).addcdiv_(g, avg)
-                    p.sub_(buf * c(lr))
+                    p.add_(buf, alpha=-lr) if isinstance(lr, float) else p.addcmul_(buf, c(-lr))
+                elif isinstance(lr, float):
+                    p.addcdiv_(g, avg, value=-lr)
                 else:
-                    p.addcdiv_(g * c(-lr), avg)
-            elif self.name == "keras_rmsprop":
-                v = self.state["square_avg"][k]
-                v.mul_(c(rho)).addcmul_(g, g * c(one_minus_rho))
-                p.addcdiv_(g * c(-lr), (v + c(eps)).sqrt_())
-            elif self.name == "adam":
+                    p.addcdiv_(g.mul_(c(-lr)), avg)
+            elif name == "adam":
                 m, v = self.state["exp_avg"][k], self.state["exp_avg_sq"][k]
                 m.lerp_(g, c(w1))
-                v.mul_(c(beta2)).addcmul_(g, g * c(one_minus_beta2))
-                denom = (v.sqrt() / c(bias2_sqrt)).add_(c(eps))
-                p.addcdiv_(m * c(-step_size), denom)
+                new = plain("1-beta2")
+                v.mul_(c(beta2))
+                v.addcmul_(g, g, value=new) if isinstance(new, float) else v.addcmul_(g, g * c(new))
+                denom = v.sqrt().div_(c(bias2_sqrt)).add_(c(plain("eps")))
+                p.addcdiv_(m, denom.div_(c(-step_size)))  # p - step_size * m / denom
             else:
                 if self.momentum:
                     buf = self.state["momentum_buffer"][k]
-                    buf.mul_(c(mom)).add_(g * c(damp))
+                    buf.mul_(c(mom))
+                    if undamped:
+                        buf.add_(g)  # the first step too: the buffer starts at zero
+                    else:
+                        buf.addcmul_(g, c(damp))
                     g = buf
-                p.sub_(g * c(lr))
+                p.add_(g, alpha=-lr) if isinstance(lr, float) else p.addcmul_(g, c(-lr))
+
+    def _damp(self, ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """SGD's factor on the gradient added to the buffer: 1 at a member's first step (torch starts the
+        buffer as that gradient), then 1 - dampening; 0 for a stopped member."""
+        return (torch.where(self.steps <= 1, 1.0, 1 - self.h["dampening"]) * ok).to(dtype)
 
 
 class StackedRunner:
