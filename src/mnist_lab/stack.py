@@ -125,7 +125,7 @@ class StackedOptimizer:
     `ok` (N,) bool says which members step: one that does not keeps its weights and its optimizer state
     (its gradient zeroed, its decay factors 1, its learning rate 0). On a GPU that mask always applies,
     so nothing is read back to the host; on the CPU, where reading `ok` costs nothing, a step in which
-    every member steps skips it (the mask costs as much as the update's cheaper half).
+    every member steps skips it (the mask is one more pass over every gradient).
     step() consumes `grads` (updates them in place).
     """
 
