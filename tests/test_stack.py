@@ -209,6 +209,35 @@ def test_settings_a_stack_cannot_carry_are_refused_in_one_line():
         assert "\n" not in str(err.value) and len(str(err.value)) <= 200
 
 
+def test_the_graph_bookkeeping_with_a_stand_in_for_capture(tiny_mnist, monkeypatch):
+    """On the CPU: a stand-in for capture warms up, then runs the step at each replay; a graphed stack
+    (one graph per batch shape, a NaN member inside) must then end exactly where an eager one ends."""
+
+    class Graph:
+        def __init__(self, runner, x, y, out):
+            self.replay = lambda: [o.copy_(r) for o, r in zip(out, runner._step(x, y), strict=True)]
+
+    def capture(self, x, y):
+        static_x, static_y = x.clone(), y.clone()
+        self.warm_up(static_x, static_y)
+        out = (torch.zeros(self.n), torch.zeros(self.n, dtype=torch.long))
+        return Graph(self, static_x, static_y, out), static_x, static_y, out
+
+    monkeypatch.setattr(StackedRunner, "_capture", capture)
+    (eager, data), (graphed, _) = (stacked(tiny_mnist, dict(name="mlp"), "adam", SETTINGS["adam"]) for _ in range(2))
+    graphed.cuda_graph = True
+    for step, (x, y) in enumerate(data.batches(0)):
+        if step == 4:
+            x = x.clone()
+            x[2, 0, 0] = float("nan")
+        out = [r.step(x, y) for r in (eager, graphed)]
+        assert torch.equal(out[0][0].nan_to_num(), out[1][0].nan_to_num()) and torch.equal(out[0][1], out[1][1])
+    assert list(graphed.graphs) == [(3, 32, 784), (3, 20, 784)]
+    assert eager.stopped().keys() == graphed.stopped().keys() == {2}
+    for i in range(len(SEEDS)):
+        assert all(torch.equal(eager.state_dict(i)[k], graphed.state_dict(i)[k]) for k in eager.state_dict(i))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))

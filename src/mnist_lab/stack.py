@@ -336,23 +336,28 @@ class StackedRunner:
         return loss.detach().float(), correct
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor):
-        """Warm up on a side stream (then put everything back), capture one step as a CUDA graph.
+        """Warm up on a side stream, then capture one step of x's shape as a CUDA graph.
         Returns (graph, static inputs x and y, static outputs (loss, correct))."""
         static_x, static_y = x.clone(), y.clone()
-        saved = [t.clone() for t in self._state()]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(self.WARMUP_STEPS):
-                self._step(static_x, static_y)
+            self.warm_up(static_x, static_y)
         torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for t, s in zip(self._state(), saved, strict=True):
-                t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = self._step(static_x, static_y)
         return graph, static_x, static_y, out
+
+    def warm_up(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Take a few steps (allocating, picking kernels), then put weights, optimizer state and the
+        members' stops back as they were: the warm-up leaves no trace."""
+        saved = [t.clone() for t in self._state()]
+        for _ in range(self.WARMUP_STEPS):
+            self._step(x, y)
+        with torch.no_grad():
+            for t, s in zip(self._state(), saved, strict=True):
+                t.copy_(s)
 
     def _state(self) -> list[torch.Tensor]:
         """What a step changes: weights, buffers, optimizer state, and which members still train."""
