@@ -4,11 +4,11 @@
     python scripts/gpu_check.py --data DIR       # any Python that has the dependencies; creates no venv
 
 DIR holds MNIST/raw/ (GPU machines are often offline). Steps, each in its own process, each run even
-if an earlier one failed: tests/test_gpu.py (pytest -m gpu); scripts/bench.py's GPU rows for the MLP
-and the convnet (plain loop, plain CUDA-graph loop, mnist_lab's default path, fast.compile=true; 5
-epochs, medians of 2), the convnet's plain graph loop and compiled path again with cudnn.benchmark; what
-a run pays besides its epochs; a 10-run MLP sweep and a 5-run convnet sweep from the command to the
-last test line.
+if an earlier one failed: the GPU-marked tests of tests/test_gpu.py and tests/test_stack.py (pytest -m
+gpu); scripts/bench.py's GPU rows for the MLP and the convnet (plain loop, plain CUDA-graph loop,
+mnist_lab's default path, fast.compile=true; 5 epochs, medians of 2), the convnet's plain graph loop
+and compiled path again with cudnn.benchmark; what a run pays besides its epochs; a 10-run MLP sweep
+and a 5-run convnet sweep from the command to the last test line.
 Under 5 minutes on one H200.
 The table comes last; --out keeps logs and JSON lines.
 """
@@ -60,7 +60,8 @@ def main() -> None:
     py, bench = sys.executable, str(REPO / "scripts" / "bench.py")
     print(f"gpu_check on {torch.cuda.get_device_name()}, torch {torch.__version__}, Python {sys.version.split()[0]}")
     results = [
-        step("tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+        step("tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
+                       "tests/test_stack.py"],
              args.out, 150),
         step("epochs", [py, bench, "--device", "cuda", "--data", args.data, "--repeats", "2",
                         "--variants", "plain", "plain_graph", "mnist_lab", "compiled", "--json", str(jsonl)],

@@ -27,6 +27,7 @@ Parts, by role (one line each; a module's docstring says more):
     optim        the optimizers' registry, Keras's RMSprop among them
     module       LitClassifier: loss, metrics, optimizer; checkpoint loading (weights_only)
     fastpath     FastPlan (decided once a run) and ChunkRunner: K steps per training_step, CUDA graphs
+    stack        stacked runs: N nets of one kind trained as one (torch.func), each its own seed, data and lr
   what watches a run
     reporting    callbacks that report: epoch time, a line per epoch, the progress bar, figures, trials
     guards       callbacks that protect: non-finite loss, Ctrl-C/SIGTERM, atomic checkpoints, DDP's end

@@ -54,6 +54,12 @@ def to_float(images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
     return x.sub_(MEAN).div_(STD) if normalize else x
 
 
+def split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, training) indices of the n training images: val_size of them held out, chosen by `seed`."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:val_size], order[val_size:]
+
+
 class TensorBatches:
     """An iterable of (x, y) batches sliced from in-memory tensors, on whatever device they live.
 
@@ -202,8 +208,7 @@ class MNISTDataModule(L.LightningDataModule):
         check_raw_files(self.data_dir, checksums=False)  # cheap; prepare_data runs on rank 0 only
         images, labels = float_split(self.data_dir, True, self.normalize)  # val_size: checked by config.validate
         test_images, test_labels = float_split(self.data_dir, False, self.normalize)
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed)).to(device)
-        val, train = order[: self.val_size], order[self.val_size :]
+        val, train = (part.to(device) for part in split(len(labels), self.val_size, self.seed))
         x, y = self._shape(images.to(device)), labels.to(device)
         self.train_x, self.train_y = x[train], y[train]
         self.val_x, self.val_y = x[val], y[val]
