@@ -146,7 +146,8 @@ def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path)
 
     changed = subprocess.run([*cmd, "seed=0,1,2"], capture_output=True, text=True, timeout=120, env=ENV)
     assert changed.returncode == 1
-    assert f"sweep {killed} was started with other overrides: seed=0,1,2 (was: seed=0,1)" in changed.stderr
+    assert "this sweep began with other overrides: seed=0,1,2 (was: seed=0,1); continue it with python -m " \
+           "mnist_lab.train -m resume=" in changed.stderr
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
     assert again.returncode == 0, again.stderr[-3000:]

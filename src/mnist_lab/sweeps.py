@@ -105,9 +105,9 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
     if saved is not None:
         changes = changed_overrides(saved[0], list(sweeper.config.hydra.overrides.task))
         if changes:
-            raise ConfigError(f"sweep {sweep_dir} was started with other overrides: {'; '.join(changes)}. "
-                              f"Continue it with its own (python -m mnist_lab.train -m resume={sweep_dir}), "
-                              "or give a new hydra.sweep.dir")
+            raise ConfigError(f"this sweep began with other overrides: {'; '.join(changes)}; continue it with "
+                              f"python -m mnist_lab.train -m resume={runs.shown(sweep_dir)}, or give a new "
+                              "hydra.sweep.dir")
     name_by_what_varies(sweeper.config, [o for batch in batches for o in batch], saved)
     jobs, num = [], 0
     for batch in batches:
@@ -148,10 +148,9 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
                 returns[n] = ret
                 if ret.status == JobStatus.FAILED and isinstance(ret._return_value, Interrupted):
                     done = sum(1 for f in folders.values() if runs.finished(f))
-                    raise Interrupted(f"{str(ret._return_value).split(':', 1)[0]}: job {n} stopped and saved "
-                                      f"{runs.RunDir(folders[n]).last_ckpt}; {done} of {len(folders)} jobs "
-                                      f"are finished. Continue the sweep with: python -m mnist_lab.train -m "
-                                      f"resume={sweep_dir}")
+                    raise Interrupted(f"{str(ret._return_value).split(':', 1)[0]}: job {n} stopped, its "
+                                      f"{runs.LAST}.ckpt saved; {done} of {len(folders)} jobs finished. Continue "
+                                      f"the sweep with python -m mnist_lab.train -m resume={runs.shown(sweep_dir)}")
     ordered = [returns[n] for n in sorted(returns)]
     failed = [ret for ret in ordered if ret.status == JobStatus.FAILED]
     if failed and isinstance(failed[0]._return_value, MnistLabError):  # each said in its line and sweep.log
@@ -216,9 +215,8 @@ def check_folders(sweep_dir: Path, folders: dict[int, Path], jobs: list) -> None
                                                       "then runs again)")
         n = names.get(found.name)
         if n is None or fixed(recorded) != fixed(overrides[n]):
-            raise ConfigError(f"sweep {sweep_dir} holds {found.name} (overrides {' '.join(recorded)}), which "
-                              "no job of this command would write: the sweep's jobs changed; continue it with "
-                              f"python -m mnist_lab.train -m resume={sweep_dir}, or give a new hydra.sweep.dir")
+            raise ConfigError(f"{found.name} is no job of this command (the sweep's jobs changed): continue the "
+                              f"sweep with python -m mnist_lab.train -m resume={runs.shown(sweep_dir)}")
 
 
 def groups(launcher: Any, jobs: list[tuple[int, list[str]]]) -> list[list[tuple[int, list[str]]]]:
