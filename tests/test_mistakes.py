@@ -106,3 +106,29 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(tiny_mnist, tmp_pa
         prepare_argv(["train", f"resume={run}"])
     assert train(make_cfg([f"resume={run}"])) == pytest.approx(first)  # train() from Python returns its metrics
     assert (run / "result.yaml").read_bytes() == before[run / "result.yaml"]
+
+
+def test_an_unreadable_data_folder_is_one_line(tiny_mnist, tmp_path, monkeypatch):
+    """Tests run as root, who reads everything: the refusal is simulated where the data check opens a file."""
+    import shutil
+    from pathlib import Path
+
+    from mnist_lab import idx
+    from mnist_lab.errors import DataError
+
+    shutil.copytree(tiny_mnist, tmp_path / "data")  # the default data folder, as a user has it
+    monkeypatch.chdir(tmp_path)
+    real_open = Path.open
+
+    def refused(self, *args, **kwargs):
+        if "MNIST" in str(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refused)
+    with pytest.raises(DataError) as err:
+        idx.ensure_raw_files("data", download=False, checksums=False)
+    assert one_line(str(err.value)) == ("data/MNIST/raw/train-images-idx3-ubyte cannot be read: permission denied; "
+                                        "give this user read access to data/MNIST/raw (chmod -R a+rX), or set "
+                                        "data.data_dir= to a readable copy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -7,12 +7,14 @@ is imported only to download a missing file).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
 import os
 import socket
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
 
@@ -78,20 +80,32 @@ def check_raw_files(data_dir: str | os.PathLike, checksums: bool = True) -> None
     also the SHA-256 of the official files (off for generated test data).
     """
     folder = raw_folder(data_dir)
-    missing = [name for name in RAW_FILES if not (folder / name).is_file()]
-    if missing:
-        raise DataError(
-            f"MNIST not found: {shown(folder)} lacks {lacking(missing)}; place them there, set data.data_dir= to "
-            "a folder with MNIST/raw/, or set data.download=true"
-        )
-    for name, (magic, _, sha256) in RAW_FILES.items():
-        path = folder / name
-        read_header(path, magic)
-        if checksums and (digest := file_sha256(path)) != sha256:
+    with readable(folder):
+        missing = [name for name in RAW_FILES if not (folder / name).is_file()]
+        if missing:
             raise DataError(
-                f"{shown(path)} is corrupted: SHA-256 {digest[:12]}..., expected {sha256[:12]}...; replace it "
-                "with the original file (delete it, and data.download=true fetches it again)"
+                f"MNIST not found: {shown(folder)} lacks {lacking(missing)}; place them there, set data.data_dir= "
+                "to a folder with MNIST/raw/, or set data.download=true"
             )
+        for name, (magic, _, sha256) in RAW_FILES.items():
+            path = folder / name
+            read_header(path, magic)
+            if checksums and (digest := file_sha256(path)) != sha256:
+                raise DataError(
+                    f"{shown(path)} is corrupted: SHA-256 {digest[:12]}..., expected {sha256[:12]}...; replace it "
+                    "with the original file (delete it, and data.download=true fetches it again)"
+                )
+
+
+@contextlib.contextmanager
+def readable(folder: Path) -> Iterator[None]:
+    """A file or folder of the data that this user may not read (PermissionError) becomes one DataError line."""
+    try:
+        yield
+    except PermissionError as err:
+        where = shown(err.filename) if err.filename else shown(folder)
+        raise DataError(f"{where} cannot be read: permission denied; give this user read access to "
+                        f"{shown(folder)} (chmod -R a+rX), or set data.data_dir= to a readable copy") from err
 
 
 def file_sha256(path: Path) -> str:
@@ -112,7 +126,8 @@ def ensure_raw_files(data_dir: str | os.PathLike, download: bool = True, checksu
     missing one fetched from torchvision's MNIST mirrors; then check_raw_files. Raises DataError naming the
     missing or damaged file."""
     folder = raw_folder(data_dir)
-    missing = [name for name in RAW_FILES if not (folder / name).is_file()]
+    with readable(folder):
+        missing = [name for name in RAW_FILES if not (folder / name).is_file()]
     if missing and download:
         try:
             for name in missing:
