@@ -90,18 +90,9 @@ class ChunkRunner:
         return torch.stack(losses).float(), torch.stack(correct)
 
     def _capture(self, xs: torch.Tensor, ys: torch.Tensor):
-        """Warm up on a side stream, then capture the steps of xs's shape as a CUDA graph.
-        Returns (graph, static inputs x and y, static outputs (losses, correct))."""
-        static_x, static_y = xs.clone(), ys.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.warm_up(static_x, static_y)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph), self._autocast(xs):
-            out = self._chunk(static_x, static_y, set_to_none=False)
-        return graph, static_x, static_y, out
+        """The steps of xs's shape as a CUDA graph (capture_graph): (graph, static x and y, (losses, correct))."""
+        return capture_graph(self.warm_up, lambda x, y: self._chunk(x, y, set_to_none=False), xs, ys,
+                             lambda: self._autocast(xs))
 
     def warm_up(self, xs: torch.Tensor, ys: torch.Tensor) -> None:
         """Take a few steps (allocating grads and optimizer state, picking kernels, compiling), then put
@@ -131,6 +122,22 @@ class ChunkRunner:
         for p in self.params:
             if p.grad is not None:
                 p.grad.zero_()
+
+
+def capture_graph(warm_up, step, xs: torch.Tensor, ys: torch.Tensor, context=nullcontext):
+    """Warm up on a side stream (warm_up(static_x, static_y), which must leave no trace), then capture
+    step(static_x, static_y) as a CUDA graph, inside `context()` (autocast). Returns (graph, static inputs x and
+    y, the step's static outputs): fill the inputs with copy_ and replay."""
+    static_x, static_y = xs.clone(), ys.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        warm_up(static_x, static_y)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), context():
+        out = step(static_x, static_y)
+    return graph, static_x, static_y, out
 
 
 def place_optimizer_state(optimizer: torch.optim.Optimizer, capturable: bool) -> None:

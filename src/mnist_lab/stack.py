@@ -35,6 +35,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from mnist_lab.data import TensorBatches, float_split, split
 from mnist_lab.errors import ConfigError
+from mnist_lab.fastpath import capture_graph
 from mnist_lab.models import build_model
 from mnist_lab.optim import OPTIMIZERS
 
@@ -336,18 +337,8 @@ class StackedRunner:
         return loss.detach().float(), correct
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor):
-        """Warm up on a side stream, then capture one step of x's shape as a CUDA graph.
-        Returns (graph, static inputs x and y, static outputs (loss, correct))."""
-        static_x, static_y = x.clone(), y.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            self.warm_up(static_x, static_y)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self._step(static_x, static_y)
-        return graph, static_x, static_y, out
+        """One step of x's shape as a CUDA graph (fastpath.capture_graph): (graph, static x and y, (loss, correct))."""
+        return capture_graph(self.warm_up, self._step, x, y)
 
     def warm_up(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Take a few steps (allocating, picking kernels), then put weights, optimizer state and the
