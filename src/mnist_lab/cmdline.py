@@ -16,12 +16,11 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mnist_lab import config, runs, sweeps
+from mnist_lab import config, runs, sweeps, usage
 from mnist_lab.errors import ConfigError, NothingToDo
 from mnist_lab.idx import ensure_raw_files
 from mnist_lab.resume import finished
 
-INFO_FLAGS = ("--help", "-h", "--hydra-help", "--info", "-i", "--cfg", "-c")  # flags that show, and train nothing
 VALUE_FLAGS = ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                "-cd", "--experimental-rerun")  # Hydra's flags that take the next word as their value
 INFO_VALUES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")  # --info's optional value
@@ -46,7 +45,7 @@ def prepare_argv(argv: list[str]) -> list[str]:
         raise NothingToDo(done)
     elif resume and not any(config.override_key(o) == "hydra.run.dir" for o in overrides):
         overrides += [f"hydra.run.dir={resume[0]}", f"hydra.output_subdir={runs.resumed_record()}"]
-    if not any(f in INFO_FLAGS for f in flags):
+    if not any(f in usage.HELP_FLAGS for f in flags):  # flags that show, and train nothing
         check(overrides, multirun="-m" in flags or "--multirun" in flags)
     return argv[:1] + flags + overrides
 
