@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import re
+
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.func import stack_module_state
 
+from mnist_lab import runs
+from mnist_lab.compare import read_run
 from mnist_lab.data import MNISTDataModule
-from mnist_lab.errors import ConfigError
+from mnist_lab.errors import ConfigError, TrainingError
+from mnist_lab.export import export
 from mnist_lab.models import build_model
 from mnist_lab.optim import OPTIMIZERS, build_optimizer
-from mnist_lab.stack import STACKABLE, StackedData, StackedOptimizer, StackedRunner, build_members, train_epoch
+from mnist_lab.stack import (
+    STACKABLE,
+    StackedData,
+    StackedOptimizer,
+    StackedRunner,
+    build_members,
+    train_epoch,
+    train_stack,
+)
+from mnist_lab.train import train
+from tests.conftest import tiny_overrides
 
 SEEDS = [0, 1, 7]
 DATA = dict(batch_size=32, val_size=100)  # 500 training images: 15 batches of 32 and one of 20
@@ -258,3 +273,83 @@ def test_a_graphed_stack_steps_as_an_eager_one(tiny_mnist, optimizer):
     for i in range(len(SEEDS)):
         eager, graphed = runners[0].state_dict(i), runners[1].state_dict(i)
         assert all(torch.allclose(eager[k], graphed[k], rtol=1e-5, atol=1e-6) for k in eager)
+
+
+# ---- train_stack: each member a run of its own ----
+
+def member_cfgs(make_cfg, data_dir, out, lrs=(1e-3, 2e-3), extra=()) -> list:
+    """Jobs of one stack: seed i and learning rate lrs[i], each its own folder under `out`."""
+    return [make_cfg([*tiny_overrides(data_dir, out / f"{i}"), f"seed={i}", f"optimizer.lr={lr}", *extra])
+            for i, lr in enumerate(lrs)]
+
+
+def files_of(run) -> list[str]:
+    """A run folder's files, event files by kind (their names hold the time and the process id)."""
+    return sorted(re.sub(r"events\.out\.tfevents\..*", "events", str(p.relative_to(run))) for p in run.rglob("*")
+                  if p.is_file() and p.name != "provenance.diff")  # the diff: whether the tree had changes
+
+
+def test_each_member_is_a_run_of_its_own(tiny_mnist, tmp_path, make_cfg):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path / "stack")
+    results = train_stack(cfgs)
+    alone = tmp_path / "alone"
+    separate = train(make_cfg([*tiny_overrides(tiny_mnist, alone), "seed=1", "optimizer.lr=2e-3"]))
+    run = tmp_path / "stack" / "1"
+    assert files_of(run) == files_of(alone)
+    assert all(runs.finished(tmp_path / "stack" / f"{i}") for i in range(2))  # result.yaml: the whole record
+    assert set(runs.result_metrics(run)) == set(runs.result_metrics(alone))
+    assert set(results[1]) == set(separate) and abs(results[1]["test/acc"] - separate["test/acc"]) <= 0.02
+    for name in ("best.ckpt", "last.ckpt"):  # Lightning's checkpoint, its optimizer state in torch's format
+        ours, theirs = (torch.load(r / "checkpoints" / name) for r in (run, alone))
+        assert ours.keys() == theirs.keys() and ours["global_step"] == theirs["global_step"]
+        assert ours["hyper_parameters"]["config"]["seed"] == 1 and ours["epoch"] == theirs["epoch"]
+        ours_state, theirs_state = (c["optimizer_states"][0]["state"] for c in (ours, theirs))
+        assert {k: {n: (t.dtype, t.shape) for n, t in s.items()} for k, s in ours_state.items()} == \
+               {k: {n: (t.dtype, t.shape) for n, t in s.items()} for k, s in theirs_state.items()}
+        assert float(ours_state[0]["step"]) == float(theirs_state[0]["step"])
+    seen = read_run(run)  # compare reads it as any run: its TensorBoard scalars
+    assert len(seen.val_acc) == len(seen.train_acc) == 2 and seen.test_acc == pytest.approx(results[1]["test/acc"])
+    assert export(run / "checkpoints" / "best.ckpt", formats=("weights",))  # load_net, as export and predict load
+    log = (run / "train.log").read_text()  # its own lines, not the other member's
+    assert log.count("epoch 2/2") == 1 and log.count("test: ") == 1 and f"({run})" in log
+
+
+def test_a_member_whose_loss_turns_nan_stops_alone_as_its_separate_run(tiny_mnist, tmp_path, make_cfg):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path / "stack", lrs=(0.05, 1e30),
+                       extra=["optimizer=sgd", "trainer.max_epochs=1"])
+    results = train_stack(cfgs)
+    with pytest.raises(TrainingError) as separate:
+        train(make_cfg([*tiny_overrides(tiny_mnist, tmp_path / "alone"), "seed=1", "optimizer=sgd",
+                        "optimizer.lr=1e30", "trainer.max_epochs=1"]))
+    assert isinstance(results[1], TrainingError)  # the same line, naming the same step, but its own folder
+    assert str(results[1]) == str(separate.value).replace(str(tmp_path / "alone"), str(tmp_path / "stack" / "1"))
+    assert runs.finished(tmp_path / "stack" / "0") and not runs.finished(tmp_path / "stack" / "1")
+
+
+class StopAt(L.Callback):
+    """A kill at the start of `epoch` (from 0): the epochs before it are saved, nothing after."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("killed")
+
+
+def test_a_killed_stack_resumes_where_the_uninterrupted_one_ends(tiny_mnist, tmp_path, make_cfg):
+    whole = train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path / "whole", extra=["optimizer=adam"]))
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path / "cut", extra=["optimizer=adam"])
+    killed = train_stack(cfgs, callbacks=[StopAt(1)])
+    assert all(isinstance(r, RuntimeError) for r in killed)
+    assert all((tmp_path / "cut" / f"{i}" / "checkpoints" / "last.ckpt").is_file() for i in range(2))
+    assert train_stack(cfgs) == whole  # resumed from each member's last.ckpt
+    log = (tmp_path / "cut" / "0" / "train.log").read_text()
+    assert "from checkpoints/last.ckpt, saved after step 16 (epoch 1)" in log
+    for i in range(2):
+        ours, theirs = (torch.load(tmp_path / w / f"{i}" / "checkpoints" / "last.ckpt") for w in ("cut", "whole"))
+        assert all(torch.equal(ours["state_dict"][k], t) for k, t in theirs["state_dict"].items())
+        assert runs.result_metrics(tmp_path / "cut" / f"{i}") == runs.result_metrics(tmp_path / "whole" / f"{i}")
+    log = (tmp_path / "cut" / "0" / "train.log").read_text()
+    assert train_stack(cfgs) == whole  # finished: left as they are
+    assert (tmp_path / "cut" / "0" / "train.log").read_text() == log

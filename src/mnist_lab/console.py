@@ -98,7 +98,8 @@ def recorded(run_dir: str | Path, rank_zero: bool = True, this_thread: bool = Fa
     if rank_zero:
         handlers.append((root, RunLog(RunDir(run_dir).log)))
         if this_thread:
-            handlers[-1][1].addFilter(lambda record, thread=threading.get_ident(): record.thread == thread)
+            thread = threading.get_ident()
+            handlers[-1][1].addFilter(lambda record: record.thread == thread)
     if not shows_console(root) and not log.handlers:  # called from Python without a console for log lines
         handlers.append((log, Console()))
     for logger, handler in handlers:

@@ -107,9 +107,11 @@ class GracefulInterrupt(L.Callback):
         self.previous: dict[int, object] = {}
 
     def on_train_start(self, trainer, module) -> None:
+        if trainer.world_size > 1 or not hasattr(signal, "SIGTERM"):
+            return
+        if threading.current_thread() is not threading.main_thread():
+            return  # a stacked run's member, in a thread: the stack takes the signals for it (mnist_lab.stack)
         self.trainer = trainer
-        if trainer.world_size > 1 or not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread():
-            return  # a stacked run's member trains in a thread: the stack takes the signals (mnist_lab.stack)
         for sig in self.SIGNALS:
             if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. SIGINT of a background job (`cmd &`): keep ignoring it
                 continue

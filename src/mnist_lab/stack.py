@@ -34,8 +34,8 @@ from collections.abc import Iterator, Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import nn
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 from mnist_lab import console
@@ -432,7 +432,7 @@ def check_stackable(cfgs: Sequence[DictConfig]) -> None:
             raise ConfigError(f"job {i} of the stack differs from job 0 in {', '.join(differ)}: only seed and the "
                               "optimizer's settings can differ in one stack; train it in a stack of its own")
     t = cfgs[0].trainer
-    why = ("trainer.precision=%s: the stacked step trains in 32 bits" % t.precision
+    why = (f"trainer.precision={t.precision}: the stacked step trains in 32 bits"
            if str(t.precision) not in ("32-true", "32") else
            "several processes (DDP): each step goes through Lightning's DDP"
            if t.strategy not in ("auto", "single_device") or t.devices not in (1, "1", [0]) or t.num_nodes != 1 else
@@ -482,7 +482,8 @@ def train_stack(cfgs: Sequence[DictConfig], callbacks: Sequence = ()) -> list[di
                 asked = conductor.take_asked()  # {member: epoch}
                 new = [i for i in asked if i not in stacks]
                 for epoch in sorted({asked[i] for i in new}):
-                    stack = Stack([members[i] for i in new if asked[i] == epoch], [cfgs[i] for i in new if asked[i] == epoch])
+                    together = [i for i in new if asked[i] == epoch]
+                    stack = Stack([members[i] for i in together], [cfgs[i] for i in together])
                     stacks.update(dict.fromkeys(stack.indices, stack))
                 for stack in dict.fromkeys(stacks[i] for i in asked):  # each once, in order
                     conductor.given.update(stack.train_epoch(asked))
