@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import re
+import signal
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -13,12 +17,13 @@ from torch.func import stack_module_state
 from mnist_lab import runs
 from mnist_lab.compare import read_run
 from mnist_lab.data import MNISTDataModule
-from mnist_lab.errors import ConfigError, TrainingError
+from mnist_lab.errors import ConfigError, Interrupted, TrainingError
 from mnist_lab.export import export
 from mnist_lab.models import build_model
 from mnist_lab.optim import OPTIMIZERS, build_optimizer
 from mnist_lab.stack import (
     STACKABLE,
+    Stack,
     StackedData,
     StackedOptimizer,
     StackedRunner,
@@ -327,13 +332,14 @@ def test_a_member_whose_loss_turns_nan_stops_alone_as_its_separate_run(tiny_mnis
 
 
 class StopAt(L.Callback):
-    """A kill at the start of `epoch` (from 0): the epochs before it are saved, nothing after."""
+    """A kill at the start of `epoch` (from 0): the epochs before it are saved, nothing after. With `runs`:
+    {member folder name: epoch}."""
 
-    def __init__(self, epoch: int):
-        self.epoch = epoch
+    def __init__(self, epoch: int | None = None, runs: dict[str, int] | None = None):
+        self.epoch, self.runs = epoch, runs or {}
 
     def on_train_epoch_start(self, trainer, module) -> None:
-        if trainer.current_epoch == self.epoch:
+        if trainer.current_epoch == self.runs.get(Path(trainer.default_root_dir).name, self.epoch):
             raise RuntimeError("killed")
 
 
@@ -353,3 +359,36 @@ def test_a_killed_stack_resumes_where_the_uninterrupted_one_ends(tiny_mnist, tmp
     log = (tmp_path / "cut" / "0" / "train.log").read_text()
     assert train_stack(cfgs) == whole  # finished: left as they are
     assert (tmp_path / "cut" / "0" / "train.log").read_text() == log
+
+
+def test_members_killed_at_different_epochs_resume_in_stacks_of_their_own(tiny_mnist, tmp_path, make_cfg, caplog):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path, lrs=(1e-3, 2e-3, 3e-3), extra=["trainer.max_epochs=3"])
+    killed = train_stack(cfgs, callbacks=[StopAt(runs={"0": 1, "1": 2})])
+    assert [type(r) for r in killed] == [RuntimeError, RuntimeError, dict]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mnist_lab"):
+        resumed = train_stack(cfgs)
+    assert resumed[2] == killed[2] and all(runs.finished(tmp_path / f"{i}") for i in range(3))
+    stacks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stack:")]
+    assert [s.split(":")[1] for s in stacks] == [" 1 run trained as one mlp from epoch 2",
+                                                 " 1 run trained as one mlp from epoch 3"]
+
+
+def test_ctrl_c_stops_every_member_after_the_epoch_and_the_stack_resumes(tiny_mnist, tmp_path, make_cfg, ctrl_c,
+                                                                           monkeypatch):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path)
+    train_epoch = Stack.train_epoch
+
+    def signalled(self, asked):
+        os.kill(os.getpid(), signal.SIGINT)  # the stack's thread takes it, while it trains the first epoch
+        return train_epoch(self, asked)
+
+    with monkeypatch.context() as m:
+        m.setattr(Stack, "train_epoch", signalled)
+        stopped = train_stack(cfgs)
+    assert all(isinstance(r, Interrupted) for r in stopped)
+    assert "SIGINT received: stopped after step 16 (at the end of epoch 1) and saved checkpoints/last.ckpt" \
+        in str(stopped[0])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert all(isinstance(r, dict) for r in train_stack(cfgs))
+    assert all(runs.finished(tmp_path / f"{i}") for i in range(2))

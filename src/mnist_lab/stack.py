@@ -431,6 +431,9 @@ def check_stackable(cfgs: Sequence[DictConfig]) -> None:
         if differ:
             raise ConfigError(f"job {i} of the stack differs from job 0 in {', '.join(differ)}: only seed and the "
                               "optimizer's settings can differ in one stack; train it in a stack of its own")
+    settings = [{k: v for k, v in OmegaConf.to_container(c.optimizer, resolve=True).items() if v is not None}
+                for c in cfgs]
+    StackedOptimizer(cfgs[0].optimizer.name, settings, {"w": torch.zeros(1)})  # its settings, checked
     t = cfgs[0].trainer
     why = (f"trainer.precision={t.precision}: the stacked step trains in 32 bits"
            if str(t.precision) not in ("32-true", "32") else
@@ -488,10 +491,8 @@ def train_stack(cfgs: Sequence[DictConfig], callbacks: Sequence = ()) -> list[di
                 for stack in dict.fromkeys(stacks[i] for i in asked):  # each once, in order
                     conductor.given.update(stack.train_epoch(asked))
                 waiting = sorted(asked)
-        except BaseException as err:  # every waiting member stops with it (its run's log says so)
-            conductor.abort = err
-            for i in conductor.take_asked():
-                conductor.turn_of(i)
+        except BaseException as err:  # every member still running stops with it (its run's log says so)
+            conductor.stop(err, {i: t for i, t in zip(todo, threads, strict=True)})
             raise
         finally:
             for thread in threads:
@@ -580,6 +581,22 @@ class Conductor:
             self.cond.notify_all()
             self.cond.wait_for(lambda: self.turn == self.MAIN)
 
+    def stop(self, err: BaseException, threads: dict[int, threading.Thread]) -> None:
+        """Main thread, after `err` (a second Ctrl-C, a stack that could not be built): every member's run
+        ends with it, each in its turn (one not started yet ends before it starts)."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == self.MAIN)  # a member whose turn it was asks or ends first
+        self.abort = err
+        for i, thread in threads.items():
+            while thread.is_alive():
+                self.turn_of(i)
+
+    def stopped(self) -> BaseException:
+        """The error a member's run ends with after the stack stopped."""
+        if isinstance(self.abort, MnistLabError):
+            return copy.copy(self.abort)
+        return TrainingError(f"the stack this run trained in stopped: {type(self.abort).__name__}: {self.abort}")
+
     def take_asked(self) -> dict[int, int]:
         asked, self.asked = self.asked, {}
         return asked
@@ -589,6 +606,8 @@ class Conductor:
         with self.cond:
             self.cond.wait_for(lambda: self.turn == i)
         try:
+            if self.abort is not None:
+                raise self.stopped()
             results[i] = run(cfg, callbacks)
         except BaseException as err:  # noqa: BLE001  (the caller reports each member's end)
             results[i] = err
@@ -605,8 +624,7 @@ class Conductor:
             self.cond.notify_all()
             self.cond.wait_for(lambda: self.turn == i)
         if self.abort is not None:
-            raise copy.copy(self.abort) if isinstance(self.abort, MnistLabError) else \
-                TrainingError(f"the stack this run trained in stopped: {type(self.abort).__name__}: {self.abort}")
+            raise self.stopped()
         return self.given.pop(i)
 
 
