@@ -392,3 +392,18 @@ def test_ctrl_c_stops_every_member_after_the_epoch_and_the_stack_resumes(tiny_mn
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     assert all(isinstance(r, dict) for r in train_stack(cfgs))
     assert all(runs.finished(tmp_path / f"{i}") for i in range(2))
+
+
+def test_jobs_that_cannot_stack_are_refused_in_one_line_before_any_folder(tiny_mnist, tmp_path, make_cfg):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path)
+    for changed, words in ((["model=convnet"], "differs from job 0 in model.name"),
+                           (["trainer.precision=bf16-mixed"], "differs from job 0 in trainer.precision"),
+                           (["optimizer=adam"], "differs from job 0 in optimizer.name")):
+        other = make_cfg([*tiny_overrides(tiny_mnist, tmp_path / "1"), "seed=1", *changed])
+        with pytest.raises(ConfigError, match=words):
+            train_stack([cfgs[0], other])
+    with pytest.raises(ConfigError, match=r"\(trainer.precision=bf16-mixed: the stacked step trains in 32 bits\)"):
+        train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path, extra=["trainer.precision=bf16-mixed"]))
+    with pytest.raises(ConfigError, match="optimizer.nesterov=True of sgd cannot be stacked"):
+        train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path, extra=["optimizer=sgd", "+optimizer.nesterov=true"]))
+    assert not list(tmp_path.iterdir())
