@@ -638,6 +638,7 @@ class Member(L.Callback):
     def __init__(self, index: int, conductor: Conductor):
         self.index, self.conductor = index, conductor
         self.trainer = self.module = self.interrupt = None
+        self.told = False
 
     def setup(self, trainer, module, stage: str) -> None:
         if stage != "fit":
@@ -657,6 +658,10 @@ class Member(L.Callback):
 
     def training_step(self, batch, batch_idx) -> torch.Tensor:
         stack, j, losses, sums = self.conductor.ask(self.index, self.trainer.current_epoch)
+        if not self.told:  # in its own log only: the console has the stack's line
+            self.told = True
+            log.info(f"trained in a stack of {stack.runner.n} (mnist_lab.stack), from epoch "
+                     f"{self.trainer.current_epoch + 1}: its steps are the stack's", extra={"console": False})
         stack.install(j, self.module.net, self.trainer.optimizers[0])
         with torch.no_grad():
             self.module.train_sums += sums.to(self.module.train_sums.device)
