@@ -48,6 +48,7 @@ from mnist_lab.guards import GracefulInterrupt
 from mnist_lab.idx import train_size
 from mnist_lab.models import build_model
 from mnist_lab.optim import OPTIMIZERS
+from mnist_lab.provenance import Provenance
 from mnist_lab.runs import RunDir, in_sweep, owning_run, result_metrics, shown
 
 
@@ -649,6 +650,8 @@ class Member(L.Callback):
         trainer.datamodule.train_dataloader = OneStep  # one training_step an epoch
         trainer.limit_train_batches = 1.0  # the stack limits its batches (Stack)
         self.interrupt = next((c for c in trainer.callbacks if isinstance(c, GracefulInterrupt)), None)
+        for record in (c.record for c in trainer.callbacks if isinstance(c, Provenance)):
+            record["stacked"] = True  # not the arithmetic of a run alone: reproduce expects agreement, not bits
         if self.conductor.signal is not None:
             self.heard(self.conductor.signal)
 
