@@ -375,8 +375,8 @@ def test_members_killed_at_different_epochs_resume_in_stacks_of_their_own(tiny_m
                                                  " 1 run trained as one mlp from epoch 3"]
 
 
-def test_ctrl_c_stops_every_member_after_the_epoch_and_the_stack_resumes(tiny_mnist, tmp_path, make_cfg, ctrl_c,
-                                                                           monkeypatch):
+def test_ctrl_c_stops_every_member_after_its_epoch_then_each_resumes_alone_or_stacked(tiny_mnist, tmp_path, make_cfg,
+                                                                                        ctrl_c, monkeypatch):
     cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path)
     train_epoch = Stack.train_epoch
 
@@ -391,7 +391,9 @@ def test_ctrl_c_stops_every_member_after_the_epoch_and_the_stack_resumes(tiny_mn
     assert "SIGINT received: stopped after step 16 (at the end of epoch 1) and saved checkpoints/last.ckpt" \
         in str(stopped[0])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
-    assert all(isinstance(r, dict) for r in train_stack(cfgs))
+    alone = train(make_cfg([f"resume={tmp_path / '0'}", f"data.data_dir={tiny_mnist}"]))  # its last.ckpt, by resume=
+    assert set(alone) == {"test/acc", "test/loss"}
+    assert all(isinstance(r, dict) for r in train_stack(cfgs))  # the one resumed alone is left as it is
     assert all(runs.finished(tmp_path / f"{i}") for i in range(2))
 
 
