@@ -15,6 +15,9 @@ take N steps. Each member keeps what makes it its own run:
     its end              a member whose loss turns NaN or infinite stops alone: its weights and
                          optimizer state stay as they were before that step, the others go on
 
+train_stack makes each member a run of its own (its folder, Lightning checkpoints, loggers, figures,
+result.yaml) by running train()'s own code per member with the stack's epochs put into it (below).
+
 A step reads nothing back to the host and keeps every tensor's shape (a stopped member is masked, not
 removed), so on a GPU one step can be captured as a CUDA graph (cuda_graph=True) and replayed.
 Batched matrix products round differently from single ones: a member's weights agree with its
@@ -725,16 +728,14 @@ class Stack:
         left = torch.tensor([i not in here for i in self.indices], device=self.runner.active.device)
         self.runner.active &= ~left
         epoch = asked[next(iter(here))]
-        losses, correct, n = [], 0, 0
+        losses, sizes, correct = [], [], 0
         for x, y in self.data.batches(epoch):
             loss, right = self.runner.step(x, y)
             losses.append(loss)
+            sizes.append(y.shape[1])
             correct = correct + right
-            n += y.shape[1]
-        losses = torch.stack(losses)  # (steps, N)
-        sizes = torch.tensor([len(idx[0]) for idx in self.data.indices(epoch)], dtype=torch.float64,
-                             device=losses.device)
-        loss_sum = (losses.double() * sizes[:, None]).sum(0)
+        losses, n = torch.stack(losses), sum(sizes)  # (steps, N); images per member
+        loss_sum = (losses.double() * torch.tensor(sizes, dtype=torch.float64, device=losses.device)[:, None]).sum(0)
         sums = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, n)], 1)  # (N, 3)
         return {i: (self, j, losses[:, j], sums[j]) for i, j in here.items()}
 
