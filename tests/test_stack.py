@@ -417,8 +417,7 @@ def test_jobs_that_cannot_stack_are_refused_in_one_line_before_any_folder(tiny_m
 def test_a_graphed_stack_on_the_gpu_gives_each_member_its_run(tiny_mnist, tmp_path, make_cfg):
     gpu = ["optimizer=sgd", "trainer.accelerator=gpu"]  # the fast path, its steps captured as CUDA graphs
     results = train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path / "stack", lrs=(0.05, 1e30), extra=gpu))
-    alone = [train(make_cfg([*tiny_overrides(tiny_mnist, tmp_path / f"alone{i}"), f"seed={i}", *gpu,
-                             f"optimizer.lr={lr}"])) if i == 0 else None for i, lr in enumerate((0.05, 1e30))]
-    assert runs.finished(tmp_path / "stack" / "0") and abs(results[0]["test/acc"] - alone[0]["test/acc"]) <= 0.02
+    alone = train(make_cfg([*tiny_overrides(tiny_mnist, tmp_path / "alone"), "seed=0", *gpu, "optimizer.lr=0.05"]))
+    assert runs.finished(tmp_path / "stack" / "0") and abs(results[0]["test/acc"] - alone["test/acc"]) <= 0.02
     assert isinstance(results[1], TrainingError) and "loss became non-finite" in str(results[1])
     assert torch.load(tmp_path / "stack" / "0" / "checkpoints" / "last.ckpt")["global_step"] == 32
