@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.func import stack_module_state
 
 from mnist_lab import reproduce, runs
@@ -294,6 +295,16 @@ def files_of(run) -> list[str]:
                   if p.is_file() and p.name != "provenance.diff")  # the diff: whether the tree had changes
 
 
+def scalars(run) -> dict[str, int]:
+    """{tag: number of values} over a run folder's TensorBoard event files, as TensorBoard reads them."""
+    counts: dict[str, int] = {}
+    for events in run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}).Reload()
+        for tag in acc.Tags()["scalars"]:
+            counts[tag] = counts.get(tag, 0) + len(acc.Scalars(tag))
+    return counts
+
+
 def test_each_member_is_a_run_of_its_own(tiny_mnist, tmp_path, make_cfg, capsys):
     cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path / "stack")
     results = train_stack(cfgs)
@@ -313,7 +324,8 @@ def test_each_member_is_a_run_of_its_own(tiny_mnist, tmp_path, make_cfg, capsys)
         assert {k: {n: (t.dtype, t.shape) for n, t in s.items()} for k, s in ours_state.items()} == \
                {k: {n: (t.dtype, t.shape) for n, t in s.items()} for k, s in theirs_state.items()}
         assert float(ours_state[0]["step"]) == float(theirs_state[0]["step"])
-    seen = read_run(run)  # compare reads it as any run: its TensorBoard scalars
+    assert scalars(run) == scalars(alone)  # TensorBoard: the same tags, as many values each
+    seen = read_run(run)  # compare reads it as any run
     assert len(seen.val_acc) == len(seen.train_acc) == 2 and seen.test_acc == pytest.approx(results[1]["test/acc"])
     assert export(run / "checkpoints" / "best.ckpt", formats=("weights",))  # load_net, as export and predict load
     log = (run / "train.log").read_text()  # its own lines, not the other member's
