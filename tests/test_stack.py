@@ -295,14 +295,14 @@ def files_of(run) -> list[str]:
                   if p.is_file() and p.name != "provenance.diff")  # the diff: whether the tree had changes
 
 
-def scalars(run) -> dict[str, int]:
-    """{tag: number of values} over a run folder's TensorBoard event files, as TensorBoard reads them."""
-    counts: dict[str, int] = {}
+def scalars(run) -> dict[str, list[int]]:
+    """{tag: the steps of its values} over a run folder's TensorBoard event files, as TensorBoard reads them."""
+    steps: dict[str, list[int]] = {}
     for events in run.glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0}).Reload()
         for tag in acc.Tags()["scalars"]:
-            counts[tag] = counts.get(tag, 0) + len(acc.Scalars(tag))
-    return counts
+            steps[tag] = sorted(steps.get(tag, []) + [e.step for e in acc.Scalars(tag)])
+    return steps
 
 
 def test_each_member_is_a_run_of_its_own(tiny_mnist, tmp_path, make_cfg, capsys):
@@ -324,7 +324,7 @@ def test_each_member_is_a_run_of_its_own(tiny_mnist, tmp_path, make_cfg, capsys)
         assert {k: {n: (t.dtype, t.shape) for n, t in s.items()} for k, s in ours_state.items()} == \
                {k: {n: (t.dtype, t.shape) for n, t in s.items()} for k, s in theirs_state.items()}
         assert float(ours_state[0]["step"]) == float(theirs_state[0]["step"])
-    assert scalars(run) == scalars(alone)  # TensorBoard: the same tags, as many values each
+    assert scalars(run) == scalars(alone)  # TensorBoard: the same tags, at the same steps
     seen = read_run(run)  # compare reads it as any run
     assert len(seen.val_acc) == len(seen.train_acc) == 2 and seen.test_acc == pytest.approx(results[1]["test/acc"])
     assert export(run / "checkpoints" / "best.ckpt", formats=("weights",))  # load_net, as export and predict load
