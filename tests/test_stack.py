@@ -421,6 +421,8 @@ def test_jobs_that_cannot_stack_are_refused_in_one_line_before_any_folder(tiny_m
         train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path, extra=["trainer.precision=bf16-mixed"]))
     with pytest.raises(ConfigError, match="optimizer.nesterov=True of sgd cannot be stacked"):
         train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path, extra=["optimizer=sgd", "+optimizer.nesterov=true"]))
+    with pytest.raises(ConfigError, match=r"jobs 0, 1 of the stack share output_dir=.*: give each job a folder"):
+        train_stack([cfgs[0], cfgs[0]])
     assert not list(tmp_path.iterdir())
 
 

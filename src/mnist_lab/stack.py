@@ -33,6 +33,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -461,6 +462,11 @@ def train_stack(cfgs: Sequence[DictConfig], callbacks: Sequence = ()) -> list[di
     callbacks for every member's Trainer (train()'s `callbacks`)."""
     from mnist_lab.resume import finished  # torch-free modules, imported here: no cycle through train
 
+    folders = [str(Path(c.output_dir).resolve()) for c in cfgs]  # resolved: the job's own folder
+    shared = [f for f in dict.fromkeys(folders) if folders.count(f) > 1]
+    if shared:
+        raise ConfigError(f"jobs {', '.join(str(i) for i, f in enumerate(folders) if f == shared[0])} of the stack "
+                          f"share output_dir={shared[0]}: give each job a folder of its own")
     results: list[dict | BaseException | None] = [None] * len(cfgs)
     todo = []
     for i, cfg in enumerate(cfgs):
