@@ -766,4 +766,5 @@ class Stack:
                     state["step"] = torch.tensor(float(member["step"]), dtype=torch.get_default_dtype(), device=device)
                 elif kind != "momentum_buffer" or moving:
                     state[kind] = member[kind][k]
-            optimizer.state[p] = state
+            if state:  # SGD without momentum keeps none
+                optimizer.state[p] = state
