@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import signal
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.func import stack_module_state
 
+from mnist_lab import reproduce, runs
+from mnist_lab.compare import read_run
 from mnist_lab.data import MNISTDataModule
-from mnist_lab.errors import ConfigError
+from mnist_lab.errors import ConfigError, Interrupted, TrainingError
+from mnist_lab.export import export
 from mnist_lab.models import build_model
 from mnist_lab.optim import OPTIMIZERS, build_optimizer
-from mnist_lab.stack import STACKABLE, StackedData, StackedOptimizer, StackedRunner, build_members, train_epoch
+from mnist_lab.stack import (
+    STACKABLE,
+    Stack,
+    StackedData,
+    StackedOptimizer,
+    StackedRunner,
+    build_members,
+    train_epoch,
+    train_stack,
+)
+from mnist_lab.train import train
+from tests.conftest import tiny_overrides
 
 SEEDS = [0, 1, 7]
 DATA = dict(batch_size=32, val_size=100)  # 500 training images: 15 batches of 32 and one of 20
@@ -258,3 +279,159 @@ def test_a_graphed_stack_steps_as_an_eager_one(tiny_mnist, optimizer):
     for i in range(len(SEEDS)):
         eager, graphed = runners[0].state_dict(i), runners[1].state_dict(i)
         assert all(torch.allclose(eager[k], graphed[k], rtol=1e-5, atol=1e-6) for k in eager)
+
+
+# ---- train_stack: each member a run of its own ----
+
+def member_cfgs(make_cfg, data_dir, out, lrs=(1e-3, 2e-3), extra=()) -> list:
+    """Jobs of one stack: seed i and learning rate lrs[i], each its own folder under `out`."""
+    return [make_cfg([*tiny_overrides(data_dir, out / f"{i}"), f"seed={i}", f"optimizer.lr={lr}", *extra])
+            for i, lr in enumerate(lrs)]
+
+
+def files_of(run) -> list[str]:
+    """A run folder's files, event files by kind (their names hold the time and the process id)."""
+    return sorted(re.sub(r"events\.out\.tfevents\..*", "events", str(p.relative_to(run))) for p in run.rglob("*")
+                  if p.is_file() and p.name != "provenance.diff")  # the diff: whether the tree had changes
+
+
+def scalars(run) -> dict[str, list[int]]:
+    """{tag: the steps of its values} over a run folder's TensorBoard event files, as TensorBoard reads them."""
+    steps: dict[str, list[int]] = {}
+    for events in run.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0}).Reload()
+        for tag in acc.Tags()["scalars"]:
+            steps[tag] = sorted(steps.get(tag, []) + [e.step for e in acc.Scalars(tag)])
+    return steps
+
+
+def test_each_member_is_a_run_of_its_own(tiny_mnist, tmp_path, make_cfg, capsys):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path / "stack")
+    results = train_stack(cfgs)
+    run, alone = tmp_path / "stack" / "1", tmp_path / "alone"
+    assert reproduce.main([str(run), "--out", str(alone)]) == 0  # trained alone: within tolerance, not the same bits
+    assert "stacked True -> False" in capsys.readouterr().out
+    separate = {k: v for k, v in runs.result_metrics(alone).items() if k.startswith("test/")}
+    assert files_of(run) == files_of(alone)
+    assert all(runs.finished(tmp_path / "stack" / f"{i}") for i in range(2))  # result.yaml: the whole record
+    assert set(runs.result_metrics(run)) == set(runs.result_metrics(alone))
+    assert set(results[1]) == set(separate) and abs(results[1]["test/acc"] - separate["test/acc"]) <= 0.02
+    for name in ("best.ckpt", "last.ckpt"):  # Lightning's checkpoint, its optimizer state in torch's format
+        ours, theirs = (torch.load(r / "checkpoints" / name) for r in (run, alone))
+        assert ours.keys() == theirs.keys() and ours["global_step"] == theirs["global_step"]
+        assert ours["hyper_parameters"]["config"]["seed"] == 1 and ours["epoch"] == theirs["epoch"]
+        ours_state, theirs_state = (c["optimizer_states"][0]["state"] for c in (ours, theirs))
+        assert {k: {n: (t.dtype, t.shape) for n, t in s.items()} for k, s in ours_state.items()} == \
+               {k: {n: (t.dtype, t.shape) for n, t in s.items()} for k, s in theirs_state.items()}
+        assert float(ours_state[0]["step"]) == float(theirs_state[0]["step"])
+    assert scalars(run) == scalars(alone)  # TensorBoard: the same tags, at the same steps
+    seen = read_run(run)  # compare reads it as any run
+    assert len(seen.val_acc) == len(seen.train_acc) == 2 and seen.test_acc == pytest.approx(results[1]["test/acc"])
+    assert export(run / "checkpoints" / "best.ckpt", formats=("weights",))  # load_net, as export and predict load
+    log = (run / "train.log").read_text()  # its own lines, not the other member's
+    assert log.count("epoch 2/2") == 1 and log.count("test: ") == 1 and f"({run})" in log
+
+
+def test_a_member_whose_loss_turns_nan_stops_alone_as_its_separate_run(tiny_mnist, tmp_path, make_cfg):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path / "stack", lrs=(0.05, 1e30),
+                       extra=["optimizer=sgd", "trainer.max_epochs=1"])
+    results = train_stack(cfgs)
+    with pytest.raises(TrainingError) as separate:
+        train(make_cfg([*tiny_overrides(tiny_mnist, tmp_path / "alone"), "seed=1", "optimizer=sgd",
+                        "optimizer.lr=1e30", "trainer.max_epochs=1"]))
+    assert isinstance(results[1], TrainingError)  # the same line, naming the same step, but its own folder
+    assert str(results[1]) == str(separate.value).replace(str(tmp_path / "alone"), str(tmp_path / "stack" / "1"))
+    assert runs.finished(tmp_path / "stack" / "0") and not runs.finished(tmp_path / "stack" / "1")
+
+
+class StopAt(L.Callback):
+    """A kill at the start of `epoch` (from 0): the epochs before it are saved, nothing after. With `runs`:
+    {member folder name: epoch}."""
+
+    def __init__(self, epoch: int | None = None, runs: dict[str, int] | None = None):
+        self.epoch, self.runs = epoch, runs or {}
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        if trainer.current_epoch == self.runs.get(Path(trainer.default_root_dir).name, self.epoch):
+            raise RuntimeError("killed")
+
+
+def test_a_killed_stack_resumes_where_the_uninterrupted_one_ends(tiny_mnist, tmp_path, make_cfg):
+    whole = train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path / "whole", extra=["optimizer=adam"]))
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path / "cut", extra=["optimizer=adam"])
+    killed = train_stack(cfgs, callbacks=[StopAt(1)])
+    assert all(isinstance(r, RuntimeError) for r in killed)
+    assert all((tmp_path / "cut" / f"{i}" / "checkpoints" / "last.ckpt").is_file() for i in range(2))
+    assert train_stack(cfgs) == whole  # resumed from each member's last.ckpt
+    log = (tmp_path / "cut" / "0" / "train.log").read_text()
+    assert "from checkpoints/last.ckpt, saved after step 16 (epoch 1)" in log
+    for i in range(2):
+        ours, theirs = (torch.load(tmp_path / w / f"{i}" / "checkpoints" / "last.ckpt") for w in ("cut", "whole"))
+        assert all(torch.equal(ours["state_dict"][k], t) for k, t in theirs["state_dict"].items())
+        assert runs.result_metrics(tmp_path / "cut" / f"{i}") == runs.result_metrics(tmp_path / "whole" / f"{i}")
+    log = (tmp_path / "cut" / "0" / "train.log").read_text()
+    assert train_stack(cfgs) == whole  # finished: left as they are
+    assert (tmp_path / "cut" / "0" / "train.log").read_text() == log
+
+
+def test_members_killed_at_different_epochs_resume_in_stacks_of_their_own(tiny_mnist, tmp_path, make_cfg, caplog):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path, lrs=(1e-3, 2e-3, 3e-3), extra=["trainer.max_epochs=3"])
+    killed = train_stack(cfgs, callbacks=[StopAt(runs={"0": 1, "1": 2})])
+    assert [type(r) for r in killed] == [RuntimeError, RuntimeError, dict]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mnist_lab"):
+        resumed = train_stack(cfgs)
+    assert resumed[2] == killed[2] and all(runs.finished(tmp_path / f"{i}") for i in range(3))
+    stacks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("stack:")]
+    assert [s.split(":")[1] for s in stacks] == [" 1 run trained as one mlp from epoch 2",
+                                                 " 1 run trained as one mlp from epoch 3"]
+
+
+def test_ctrl_c_stops_every_member_after_its_epoch_then_each_resumes_alone_or_stacked(tiny_mnist, tmp_path, make_cfg,
+                                                                                        ctrl_c, monkeypatch):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path)
+    train_epoch = Stack.train_epoch
+
+    def signalled(self, asked):
+        os.kill(os.getpid(), signal.SIGINT)  # the stack's thread takes it, while it trains the first epoch
+        return train_epoch(self, asked)
+
+    with monkeypatch.context() as m:
+        m.setattr(Stack, "train_epoch", signalled)
+        stopped = train_stack(cfgs)
+    assert all(isinstance(r, Interrupted) for r in stopped)
+    assert "SIGINT received: stopped after step 16 (at the end of epoch 1) and saved checkpoints/last.ckpt" \
+        in str(stopped[0])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    alone = train(make_cfg([f"resume={tmp_path / '0'}", f"data.data_dir={tiny_mnist}"]))  # its last.ckpt, by resume=
+    assert set(alone) == {"test/acc", "test/loss"}
+    assert all(isinstance(r, dict) for r in train_stack(cfgs))  # the one resumed alone is left as it is
+    assert all(runs.finished(tmp_path / f"{i}") for i in range(2))
+
+
+def test_jobs_that_cannot_stack_are_refused_in_one_line_before_any_folder(tiny_mnist, tmp_path, make_cfg):
+    cfgs = member_cfgs(make_cfg, tiny_mnist, tmp_path)
+    for changed, words in ((["model=convnet"], "differs from job 0 in model.name"),
+                           (["trainer.precision=bf16-mixed"], "differs from job 0 in trainer.precision"),
+                           (["optimizer=adam"], "differs from job 0 in optimizer.name")):
+        other = make_cfg([*tiny_overrides(tiny_mnist, tmp_path / "1"), "seed=1", *changed])
+        with pytest.raises(ConfigError, match=words):
+            train_stack([cfgs[0], other])
+    with pytest.raises(ConfigError, match=r"\(trainer.precision=bf16-mixed: the stacked step trains in 32 bits\)"):
+        train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path, extra=["trainer.precision=bf16-mixed"]))
+    with pytest.raises(ConfigError, match="optimizer.nesterov=True of sgd cannot be stacked"):
+        train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path, extra=["optimizer=sgd", "+optimizer.nesterov=true"]))
+    with pytest.raises(ConfigError, match=r"jobs 0, 1 of the stack share output_dir=.*: give each job a folder"):
+        train_stack([cfgs[0], cfgs[0]])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_graphed_stack_on_the_gpu_gives_each_member_its_run(tiny_mnist, tmp_path, make_cfg):
+    gpu = ["optimizer=sgd", "trainer.accelerator=gpu"]  # the fast path, its steps captured as CUDA graphs
+    results = train_stack(member_cfgs(make_cfg, tiny_mnist, tmp_path / "stack", lrs=(0.05, 1e30), extra=gpu))
+    alone = train(make_cfg([*tiny_overrides(tiny_mnist, tmp_path / "alone"), "seed=0", *gpu, "optimizer.lr=0.05"]))
+    assert runs.finished(tmp_path / "stack" / "0") and abs(results[0]["test/acc"] - alone["test/acc"]) <= 0.02
+    assert isinstance(results[1], TrainingError) and "loss became non-finite" in str(results[1])
+    assert torch.load(tmp_path / "stack" / "0" / "checkpoints" / "last.ckpt")["global_step"] == 32

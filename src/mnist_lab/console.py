@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,13 +89,17 @@ class RunLog(logging.FileHandler):
 
 
 @contextlib.contextmanager
-def recorded(run_dir: str | Path, rank_zero: bool = True) -> Iterator[None]:
+def recorded(run_dir: str | Path, rank_zero: bool = True, this_thread: bool = False) -> Iterator[None]:
     """While the block runs, log to the run folder's train.log (rank 0 only) and, where nothing else shows
-    mnist_lab's lines, to stdout. An error that ends the block is logged with its cause from the library."""
+    mnist_lab's lines, to stdout. An error that ends the block is logged with its cause from the library.
+    this_thread: train.log keeps this thread's lines only (runs that share a process: mnist_lab.stack)."""
     root = logging.getLogger()
     handlers: list[tuple[logging.Logger, logging.Handler]] = []
     if rank_zero:
         handlers.append((root, RunLog(RunDir(run_dir).log)))
+        if this_thread:
+            thread = threading.get_ident()
+            handlers[-1][1].addFilter(lambda record: record.thread == thread)
     if not shows_console(root) and not log.handlers:  # called from Python without a console for log lines
         handlers.append((log, Console()))
     for logger, handler in handlers:

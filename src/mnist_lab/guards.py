@@ -4,6 +4,7 @@ loss, and on Ctrl-C or SIGTERM."""
 from __future__ import annotations
 
 import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -108,6 +109,8 @@ class GracefulInterrupt(L.Callback):
     def on_train_start(self, trainer, module) -> None:
         if trainer.world_size > 1 or not hasattr(signal, "SIGTERM"):
             return
+        if threading.current_thread() is not threading.main_thread():
+            return  # a stacked run's member, in a thread: the stack takes the signals for it (mnist_lab.stack)
         self.trainer = trainer
         for sig in self.SIGNALS:
             if signal.getsignal(sig) is signal.SIG_IGN:  # e.g. SIGINT of a background job (`cmd &`): keep ignoring it

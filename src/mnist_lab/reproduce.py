@@ -45,11 +45,12 @@ def recorded_metrics(run: runs.RunDir, config: dict) -> dict[str, float]:
 
 
 def environment(provenance: dict) -> dict[str, Any]:
-    """What decides whether two CPU runs compute the same bits: device, torch, threads, processes."""
+    """What decides whether two CPU runs compute the same bits: device, torch, threads, processes, and whether
+    the run trained in a stack (mnist_lab.stack: batched products round differently)."""
     host = provenance.get("host", {})
     return {"device": host.get("device", "cpu" if not host.get("gpus") else "unknown"),
             "torch": provenance.get("versions", {}).get("torch"), "threads": host.get("torch_threads"),
-            "processes": host.get("world_size", 1)}
+            "processes": host.get("world_size", 1), "stacked": bool(provenance.get("stacked"))}
 
 
 def verdicts(old: dict[str, float], new: dict[str, float], exact: bool, acc_tol: float = ACC_TOL,

@@ -15,6 +15,9 @@ take N steps. Each member keeps what makes it its own run:
     its end              a member whose loss turns NaN or infinite stops alone: its weights and
                          optimizer state stay as they were before that step, the others go on
 
+train_stack makes each member a run of its own (its folder, Lightning checkpoints, loggers, figures,
+result.yaml) by running train()'s own code per member with the stack's epochs put into it (below).
+
 A step reads nothing back to the host and keeps every tensor's shape (a stopped member is masked, not
 removed), so on a GPU one step can be captured as a CUDA graph (cuda_graph=True) and replayed.
 Batched matrix products round differently from single ones: a member's weights agree with its
@@ -23,21 +26,34 @@ separate run's up to rounding, not bit for bit (README, "Stacked runs").
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import logging
+import signal
+import threading
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
+from mnist_lab import console
+from mnist_lab.config import among, flatten
+from mnist_lab.console import log
 from mnist_lab.data import TensorBatches, float_split, split
-from mnist_lab.errors import ConfigError
-from mnist_lab.fastpath import capture_graph
+from mnist_lab.errors import ConfigError, Interrupted, MnistLabError, TrainingError
+from mnist_lab.fastpath import capture_graph, count_steps
+from mnist_lab.guards import GracefulInterrupt
+from mnist_lab.idx import train_size
 from mnist_lab.models import build_model
 from mnist_lab.optim import OPTIMIZERS
+from mnist_lab.provenance import Provenance
+from mnist_lab.runs import RunDir, in_sweep, owning_run, result_metrics, shown
 
 
 def build_members(model: dict, seeds: Sequence[int]) -> list[nn.Module]:
@@ -395,3 +411,360 @@ def train_epoch(runner: StackedRunner, data: StackedData, epoch: int) -> tuple[t
         correct += right
         n += y.shape[1]
     return loss_sum, correct, n
+
+
+# ---- Each member a run of its own: train_stack ----
+#
+# Each member runs train()'s own code (train._train: its config.yaml, train.log, provenance, Lightning
+# Trainer with its loggers, checkpoints, validation, test, figures and result.yaml) in a thread of its own,
+# with a Member callback that hands its training epochs to the stack: an epoch is one training_step, in
+# which the stack's weights, optimizer state and training sums of that epoch are put into the member's
+# LightningModule and optimizer. So its checkpoints are Lightning's own, and resume=, export, predict,
+# compare and reproduce read them as any run's. The threads take turns (Conductor): one runs at a time,
+# the main thread trains the stacks while every member waits for its next epoch.
+
+FREE_KEYS = ("seed", "output_dir", "resume", "optimizer")  # what members may differ in (optimizer.name excepted)
+
+
+def check_stackable(cfgs: Sequence[DictConfig]) -> None:
+    """Raise ConfigError (one line) where these job configs cannot train as one stack: they differ in more
+    than seed and the optimizer's settings, or ask for what the stacked step does not do."""
+    flat = [flatten(OmegaConf.to_container(c, resolve=False)) for c in cfgs]
+    for i, f in enumerate(flat[1:], 1):
+        differ = sorted(k for k in f.keys() | flat[0].keys() if f.get(k) != flat[0].get(k)
+                        and (not among(k, FREE_KEYS) or k == "optimizer.name"))
+        if differ:
+            raise ConfigError(f"job {i} of the stack differs from job 0 in {', '.join(differ)}: only seed and the "
+                              "optimizer's settings can differ in one stack; train it in a stack of its own")
+    settings = [{k: v for k, v in OmegaConf.to_container(c.optimizer, resolve=True).items() if v is not None}
+                for c in cfgs]
+    StackedOptimizer(cfgs[0].optimizer.name, settings, {"w": torch.zeros(1)})  # its settings, checked
+    t = cfgs[0].trainer
+    why = (f"trainer.precision={t.precision}: the stacked step trains in 32 bits"
+           if str(t.precision) not in ("32-true", "32") else
+           "several processes (DDP): each step goes through Lightning's DDP"
+           if t.strategy not in ("auto", "single_device") or t.devices not in (1, "1", [0]) or t.num_nodes != 1 else
+           "trainer.gradient_clip_val: the stacked step does not clip" if t.gradient_clip_val else
+           "trainer.fast_dev_run: a smoke test runs one batch" if t.fast_dev_run else None)
+    if why:
+        raise ConfigError(f"these jobs cannot be stacked ({why}): run them as separate jobs")
+
+
+def train_stack(cfgs: Sequence[DictConfig], callbacks: Sequence = ()) -> list[dict | BaseException]:
+    """Train the jobs `cfgs` (differing only in seed and the optimizer's settings: check_stackable) as
+    stacked models, each member a run of its own in its cfg.output_dir, indistinguishable in its files from
+    a run trained alone by train(). Returns, per job, train()'s test metrics or the error that stopped it
+    (a member whose loss turned non-finite stops alone, with a separate run's TrainingError).
+
+    A member whose folder holds a finished run is left as it is (its metrics returned); one with a
+    checkpoints/last.ckpt resumes from it. Members start together where they stand at the same epoch;
+    those at different epochs train in stacks of their own, side by side. `callbacks`: Lightning
+    callbacks for every member's Trainer (train()'s `callbacks`)."""
+    from mnist_lab.resume import finished  # torch-free modules, imported here: no cycle through train
+
+    folders = [str(Path(c.output_dir).resolve()) for c in cfgs]  # resolved: the job's own folder
+    shared = [f for f in dict.fromkeys(folders) if folders.count(f) > 1]
+    if shared:
+        raise ConfigError(f"jobs {', '.join(str(i) for i, f in enumerate(folders) if f == shared[0])} of the stack "
+                          f"share output_dir={shared[0]}: give each job a folder of its own")
+    results: list[dict | BaseException | None] = [None] * len(cfgs)
+    todo = []
+    for i, cfg in enumerate(cfgs):
+        if done := finished(cfg.output_dir):
+            log.info(done)
+            results[i] = {k: v for k, v in result_metrics(cfg.output_dir).items() if k.startswith("test/")}
+        else:
+            todo.append(i)
+    if not todo:
+        return results
+    check_stackable([cfgs[i] for i in todo])
+    conductor = Conductor()
+    members = {i: Member(i, conductor) for i in todo}
+    threads = [threading.Thread(target=conductor.member, name=f"stack member {i}", daemon=True,
+                                args=(i, run_member, member_config(cfgs[i]), [*callbacks, members[i]], results))
+               for i in todo]
+    with console_shown(), forwarded_signals(conductor, members):
+        for thread in threads:
+            thread.start()
+        stacks: dict[int, Stack] = {}  # member -> its stack
+        waiting = todo
+        try:
+            while waiting:
+                for i in waiting:
+                    conductor.turn_of(i)  # member i runs until it asks for its next epoch, or its run ends
+                asked = conductor.take_asked()  # {member: epoch}
+                new = [i for i in asked if i not in stacks]
+                for epoch in sorted({asked[i] for i in new}):
+                    together = [i for i in new if asked[i] == epoch]
+                    stack = Stack([members[i] for i in together], [cfgs[i] for i in together])
+                    stacks.update(dict.fromkeys(stack.indices, stack))
+                for stack in dict.fromkeys(stacks[i] for i in asked):  # each once, in order
+                    conductor.given.update(stack.train_epoch(asked))
+                waiting = sorted(asked)
+        except BaseException as err:  # every member still running stops with it (its run's log says so)
+            conductor.stop(err, {i: t for i, t in zip(todo, threads, strict=True)})
+            raise
+        finally:
+            for thread in threads:
+                thread.join()
+    return results
+
+
+def member_config(cfg: DictConfig) -> DictConfig:
+    """A member's config as train() takes it: where its folder holds a checkpoints/last.ckpt (a stack
+    interrupted), resume= that folder, unless a resumed sweep already resumes it (resume.continued)."""
+    if cfg.get("resume") or in_sweep() or not RunDir(cfg.output_dir).last_ckpt.is_file():
+        return cfg
+    cfg = cfg.copy()
+    cfg.resume = str(cfg.output_dir)
+    return cfg
+
+
+def run_member(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
+    """train(cfg, callbacks) in a member's thread: its train.log keeps its own thread's lines."""
+    from mnist_lab.train import _train  # train's own steps; train.py imports Hydra's app (not this module)
+
+    with console.recorded(cfg.output_dir, this_thread=True), owning_run(cfg.output_dir):
+        return _train(cfg, callbacks)
+
+
+@contextlib.contextmanager
+def console_shown() -> Iterator[None]:
+    """One console handler for every member's lines, where nothing shows them yet (train_stack called from
+    Python): else each member's console.recorded would add its own, or none."""
+    added = None
+    if not console.shows_console(logging.getLogger()) and not log.handlers:
+        added = console.Console()
+        log.addHandler(added)
+    try:
+        yield
+    finally:
+        if added is not None:
+            log.removeHandler(added)
+
+
+@contextlib.contextmanager
+def forwarded_signals(conductor: Conductor, members: dict[int, Member]) -> Iterator[None]:
+    """Ctrl-C or SIGTERM while a stack trains: every member's guards.GracefulInterrupt hears it (the members'
+    threads cannot take signals), so each finishes the epoch in progress, keeps its checkpoints/last.ckpt
+    and stops with its one line; running the jobs again resumes them. A second Ctrl-C stops at once."""
+    previous = {}
+
+    def handle(signum, frame) -> None:
+        if conductor.signal is not None and signum == signal.SIGINT:
+            raise Interrupted("SIGINT received again: the stack stopped at once, saving nothing more; run its jobs "
+                              "again to resume each from its checkpoints/last.ckpt")
+        conductor.signal = signum
+        for member in members.values():
+            member.heard(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class Conductor:
+    """Turns between the main thread (which trains the stacks) and the members' threads (each a run):
+    exactly one runs at a time, so what is global to a process (the seed, logging, torch's settings) is
+    each run's while it runs, and the members' lines come in order."""
+
+    MAIN = -1
+
+    def __init__(self):
+        self.cond = threading.Condition()
+        self.turn = self.MAIN
+        self.asked: dict[int, int] = {}  # member -> the epoch it waits for
+        self.given: dict[int, tuple] = {}  # member -> its epoch, trained (Stack.train_epoch)
+        self.abort: BaseException | None = None
+        self.signal: int | None = None
+
+    def turn_of(self, i: int) -> None:
+        """Main thread: let member i run until it asks for an epoch or its run ends."""
+        with self.cond:
+            self.turn = i
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.turn == self.MAIN)
+
+    def stop(self, err: BaseException, threads: dict[int, threading.Thread]) -> None:
+        """Main thread, after `err` (a second Ctrl-C, a stack that could not be built): every member's run
+        ends with it, each in its turn (one not started yet ends before it starts)."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == self.MAIN)  # a member whose turn it was asks or ends first
+        self.abort = err
+        for i, thread in threads.items():
+            while thread.is_alive():
+                self.turn_of(i)
+
+    def stopped(self) -> BaseException:
+        """The error a member's run ends with after the stack stopped."""
+        if isinstance(self.abort, MnistLabError):
+            return copy.copy(self.abort)
+        return TrainingError(f"the stack this run trained in stopped: {type(self.abort).__name__}: {self.abort}")
+
+    def take_asked(self) -> dict[int, int]:
+        asked, self.asked = self.asked, {}
+        return asked
+
+    def member(self, i: int, run, cfg: DictConfig, callbacks: list, results: list) -> None:
+        """A member's thread: its run, in its turns; its result (or error) in results[i]."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == i)
+        try:
+            if self.abort is not None:
+                raise self.stopped()
+            results[i] = run(cfg, callbacks)
+        except BaseException as err:  # noqa: BLE001  (the caller reports each member's end)
+            results[i] = err
+        finally:
+            with self.cond:
+                self.turn = self.MAIN
+                self.cond.notify_all()
+
+    def ask(self, i: int, epoch: int) -> tuple:
+        """Member i's thread: wait until the stack has trained `epoch` for it; what Stack.train_epoch gave."""
+        with self.cond:
+            self.asked[i] = epoch
+            self.turn = self.MAIN
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: self.turn == i)
+        if self.abort is not None:
+            raise self.stopped()
+        return self.given.pop(i)
+
+
+class Member(L.Callback):
+    """A member of a stack inside its own run: Lightning runs all of the run (validation, checkpoints,
+    loggers, test, figures) but its training steps. Each epoch is one training_step (manual optimization)
+    in which the stack's epoch is put into the module: weights, optimizer state (in torch's own format),
+    the epoch's training sums and step count; it returns the epoch's losses, step by step, which
+    guards.NonFiniteGuard checks as on the fast path, naming the same step a separate run would."""
+
+    def __init__(self, index: int, conductor: Conductor):
+        self.index, self.conductor = index, conductor
+        self.trainer = self.module = self.interrupt = None
+        self.told = False
+
+    def setup(self, trainer, module, stage: str) -> None:
+        if stage != "fit":
+            return
+        self.trainer, self.module = trainer, module
+        module.automatic_optimization = False
+        module.training_step = self.training_step
+        trainer.datamodule.train_dataloader = OneStep  # one training_step an epoch
+        trainer.limit_train_batches = 1.0  # the stack limits its batches (Stack)
+        self.interrupt = next((c for c in trainer.callbacks if isinstance(c, GracefulInterrupt)), None)
+        for record in (c.record for c in trainer.callbacks if isinstance(c, Provenance)):
+            record["stacked"] = True  # not the arithmetic of a run alone: reproduce expects agreement, not bits
+        if self.conductor.signal is not None:
+            self.heard(self.conductor.signal)
+
+    def heard(self, signum: int) -> None:
+        if self.interrupt is not None:
+            self.interrupt.received = signum
+
+    def training_step(self, batch, batch_idx) -> torch.Tensor:
+        stack, j, losses, sums = self.conductor.ask(self.index, self.trainer.current_epoch)
+        if not self.told:  # in its own log only: the console has the stack's line
+            self.told = True
+            log.info(f"trained in a stack of {stack.runner.n} (mnist_lab.stack), from epoch "
+                     f"{self.trainer.current_epoch + 1}: its steps are the stack's", extra={"console": False})
+        stack.install(j, self.module.net, self.trainer.optimizers[0])
+        with torch.no_grad():
+            self.module.train_sums += sums.to(self.module.train_sums.device)
+        count_steps(self.trainer, len(losses))
+        return losses
+
+
+class OneStep:
+    """A member's training "batches": one per epoch, whose training_step takes the stack's epoch."""
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        yield torch.zeros(())
+
+    def __len__(self) -> int:
+        return 1
+
+
+class Stack:
+    """Members that start at the same epoch, trained as one StackedRunner on StackedData, from the weights
+    and optimizer state their runs hold (a fresh run's, or a resumed run's restored by Lightning)."""
+
+    def __init__(self, members: Sequence[Member], cfgs: Sequence[DictConfig]):
+        self.indices = [m.index for m in members]
+        cfg, module = cfgs[0], members[0].module
+        plain = [OmegaConf.to_container(c.optimizer, resolve=True) for c in cfgs]
+        settings = [{k: v for k, v in p.items() if v is not None} for p in plain]
+        self.runner = StackedRunner([m.module.net for m in members], cfg.optimizer.name, settings,
+                                    device=module.device, cuda_graph=module.fast.cuda_graph)
+        for j, m in enumerate(members):
+            self.load(j, m.module.net, m.trainer.optimizers[0], m.trainer.global_step)
+        n_train = train_size(cfg.data.data_dir) - cfg.data.val_size
+        limit = cfg.trainer.limit_train_batches  # counted in batches, as build_run counts it on the fast path
+        if isinstance(limit, float):
+            limit = int(limit * -(-n_train // cfg.data.batch_size))
+        self.data = StackedData(cfg.data.data_dir, [c.seed for c in cfgs], batch_size=cfg.data.batch_size,
+                                val_size=cfg.data.val_size, normalize=cfg.data.normalize,
+                                input_shape=self.runner.input_shape, eval_batch_size=cfg.data.eval_batch_size,
+                                train_limit=limit, device=module.device)
+        epoch = members[0].trainer.current_epoch
+        log.info(f"stack: {len(members)} run{'s' if len(members) > 1 else ''} trained as one "
+                 f"{cfg.model.name} from epoch {epoch + 1}: " + ", ".join(shown(c.output_dir) for c in cfgs))
+
+    def load(self, j: int, net: nn.Module, optimizer: torch.optim.Optimizer, steps: int) -> None:
+        """Member j's optimizer state from its run's torch optimizer (empty at a run's start); its step count."""
+        params = dict(net.named_parameters())
+        with torch.no_grad():
+            for kind, part in self.runner.optimizer.state.items():
+                for k, t in part.items():
+                    saved = optimizer.state.get(params[k], {}).get(kind)
+                    if saved is not None:
+                        t[j].copy_(saved)
+            self.runner.optimizer.steps[j] = steps
+
+    def train_epoch(self, asked: dict[int, int]) -> dict[int, tuple]:
+        """An epoch of the members in `asked` ({member: epoch}); one that did not ask has left (its run ended)
+        and no longer steps. Returns {member: (self, j, losses per step, train sums (loss x n, correct, n))}."""
+        here = {i: j for j, i in enumerate(self.indices) if i in asked}
+        left = torch.tensor([i not in here for i in self.indices], device=self.runner.active.device)
+        self.runner.active &= ~left
+        epoch = asked[next(iter(here))]
+        losses, sizes, correct = [], [], 0
+        for x, y in self.data.batches(epoch):
+            loss, right = self.runner.step(x, y)
+            losses.append(loss)
+            sizes.append(y.shape[1])
+            correct = correct + right
+        losses, n = torch.stack(losses), sum(sizes)  # (steps, N); images per member
+        loss_sum = (losses.double() * torch.tensor(sizes, dtype=torch.float64, device=losses.device)[:, None]).sum(0)
+        sums = torch.stack([loss_sum, correct.double(), torch.full_like(loss_sum, n)], 1)  # (N, 3)
+        return {i: (self, j, losses[:, j], sums[j]) for i, j in here.items()}
+
+    @torch.no_grad()
+    def install(self, j: int, net: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Member j's weights into its run's net, its optimizer state into its run's optimizer, as torch's
+        optimizer keeps it (the keys it writes, the step count as its tensor)."""
+        for k, t in net.state_dict().items():
+            t.copy_(self.runner.params[k][j] if k in self.runner.params else self.runner.buffers[k][j])
+        opt = self.runner.optimizer
+        member = opt.member_state(j)
+        group = optimizer.param_groups[0]
+        name = opt.name
+        kinds = {"rmsprop": ("step", "square_avg", "momentum_buffer"), "keras_rmsprop": ("square_avg",),
+                 "adam": ("step", "exp_avg", "exp_avg_sq"), "sgd": ("momentum_buffer",)}[name]
+        moving = group.get("momentum", 0) != 0  # torch keeps a momentum buffer only for momentum != 0
+        for k, p in net.named_parameters():
+            state = {}
+            for kind in kinds:
+                if kind == "step":
+                    device = p.device if group.get("capturable") else "cpu"
+                    state["step"] = torch.tensor(float(member["step"]), dtype=torch.get_default_dtype(), device=device)
+                elif kind != "momentum_buffer" or moving:
+                    state[kind] = member[kind][k]
+            if state:  # SGD without momentum keeps none
+                optimizer.state[p] = state
