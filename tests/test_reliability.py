@@ -205,13 +205,16 @@ def said_alone(result: subprocess.CompletedProcess) -> str:
 ])
 def test_a_signal_outside_the_training_loop_is_one_line(tiny_mnist, tmp_path, target, sig, expected):
     """As the command starts, during the test: one line saying what was kept and how to continue, exit status 1;
-    resume= finishes a run stopped during its test."""
+    resume= finishes a run stopped during its test; a signal while its figures are drawn again is one line too."""
     overrides = [*tiny_overrides(tiny_mnist, Path("run")), "trainer.max_epochs=1"]
     assert said_alone(signalled_at(target, sig, overrides, tmp_path)) == expected
     if "resume=" in expected:
         again = run_cli(["resume=run"], cwd=tmp_path, quiet=True)  # as the line says
         assert again.returncode == 0, again.stderr[-2000:]
         assert runs.finished(tmp_path / "run")
+        redraw = signalled_at("mnist_lab.drawing.save", "SIGTERM", ["run"], tmp_path, module="mnist_lab.figures")
+        assert said_alone(redraw) == ("SIGTERM received while the figures were drawn: stopped after those of 0 of 1 "
+                                      "runs; the same command draws them again")
 
 
 @pytest.mark.parametrize("target, sig, expected", [
