@@ -162,6 +162,7 @@ SIGNAL_AT = """
 import os, runpy, signal, sys, time
 from importlib import import_module
 target, sig, module = sys.argv[1:4]
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a foreground command's, where pytest runs in the background
 path, name = target.rsplit(".", 1)
 try:
     owner = import_module(path)

@@ -66,8 +66,9 @@ def said_if_failed(future: Future, run: str) -> None:
 
 def pool() -> ProcessPoolExecutor:
     """The drawing workers of this process (spawned at the first call, a quarter of the cores, at least one)."""
-    global _pool
+    global _pool, _ended
     if _pool is None:
+        _ended = False
         workers = max(1, len(os.sched_getaffinity(0)) // 4) if hasattr(os, "sched_getaffinity") else 1
         _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                     initializer=quiet_helper, initargs=(os.getpid(),))
