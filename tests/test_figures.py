@@ -80,6 +80,33 @@ def test_figures_drawn_again_on_demand(convnet_run, tmp_path, capsys):
     assert figures.main([str(tmp_path / "nothing")]) == 1 and "no finished runs" in capsys.readouterr().err
 
 
+def test_a_redraw_logs_no_images_again_and_clears_what_a_killed_drawing_left(convnet_run, tmp_path):
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mnist_lab import figures
+
+    run = tmp_path / "run"
+    shutil.copytree(convnet_run, run)
+
+    def logged_images() -> int:
+        events = EventAccumulator(str(run), size_guidance={"images": 0})
+        events.Reload()
+        return len(events.Images("test/predictions"))
+
+    before = logged_images()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = run / f".mistakes.png.tmp-{dead.pid}"  # a drawing killed mid-write (SIGKILL)
+    stale.write_bytes(b"\x89PNG half")
+    (run / "history.png").unlink()
+    assert figures.main([str(run)]) == 0
+    assert png_size(run / "history.png") == (900, 380)
+    assert not stale.exists()
+    assert logged_images() == before == 1
+
+
 def test_activations_png_and_tensorboard(convnet_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -147,8 +147,121 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
         restore = study.catch_signals()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and list(restore) == [signal.SIGTERM]
         signal.signal(signal.SIGTERM, restore[signal.SIGTERM])
+        with runs_errors.stopping() as release:  # outside the training loop: the same
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN)
+            release()  # handed back early (a DDP run)
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+SIGNAL_AT = """
+import os, runpy, signal, sys, time
+from importlib import import_module
+target, sig, module = sys.argv[1:4]
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a foreground command's, where pytest runs in the background
+path, name = target.rsplit(".", 1)
+try:
+    owner = import_module(path)
+except ModuleNotFoundError:  # a class's method
+    owner = getattr(import_module(path.rsplit(".", 1)[0]), path.rsplit(".", 1)[1])
+original = getattr(owner, name)
+def signalled(*args, **kwargs):
+    if not signalled.sent:
+        signalled.sent = True
+        if name == "shutdown":  # a drawing worker busy when the signal comes
+            args[0].submit(time.sleep, 120)
+        os.kill(os.getpid(), getattr(signal, sig))
+    return original(*args, **kwargs)
+signalled.sent = False
+setattr(owner, name, signalled)
+sys.argv = [module, *sys.argv[4:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""  # python -c SIGNAL_AT <module.function or module.Class.method> <SIGINT|SIGTERM> <module> <args>: the command
+# `python -m <module> <args>`, which sends itself the signal once, as the function is first called
+
+
+def signalled_at(target: str, sig: str, args: list[str], cwd: Path, module: str = "mnist_lab.train"):
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT, target, sig, module, *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+
+def said_alone(result: subprocess.CompletedProcess) -> str:
+    """The one line a stopped command printed on stderr (and no traceback anywhere)."""
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= 200, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("target, sig, expected", [
+    ("mnist_lab.cmdline.prepare_argv", "SIGINT",
+     "SIGINT received while starting: stopped before the run began, nothing written; run the command again"),
+    ("mnist_lab.reporting.RunFigures.on_test_batch_end", "SIGTERM", "SIGTERM received during the test: stopped, "
+     "checkpoints/last.ckpt kept; resume with: python -m mnist_lab.train resume=run"),
+])
+def test_a_signal_outside_the_training_loop_is_one_line(tiny_mnist, tmp_path, target, sig, expected):
+    """As the command starts, during the test: one line saying what was kept and how to continue, exit status 1;
+    resume= finishes a run stopped during its test; a signal while its figures are drawn again is one line too."""
+    overrides = [*tiny_overrides(tiny_mnist, Path("run")), "trainer.max_epochs=1"]
+    assert said_alone(signalled_at(target, sig, overrides, tmp_path)) == expected
+    if "resume=" in expected:
+        again = run_cli(["resume=run"], cwd=tmp_path, quiet=True)  # as the line says
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert runs.finished(tmp_path / "run")
+        redraw = signalled_at("mnist_lab.drawing.save", "SIGTERM", ["run"], tmp_path, module="mnist_lab.figures")
+        assert said_alone(redraw) == ("SIGTERM received while the figures were drawn: stopped after those of 0 of 1 "
+                                      "runs; the same command draws them again")
+
+
+@pytest.mark.parametrize("target, sig, expected", [
+    ("mnist_lab.provenance.collect", signal.SIGTERM,
+     "SIGTERM received while starting: stopped before the first checkpoint: nothing to resume; run the command again"),
+    ("mnist_lab.module.LitClassifier.validation_step", signal.SIGINT, "SIGINT received during the sanity check: "
+     "stopped before the first checkpoint: nothing to resume; run the command again"),
+])
+def test_a_signal_before_the_first_checkpoint(tiny_mnist, tmp_path, make_cfg, monkeypatch, ctrl_c, target, sig,
+                                             expected):
+    path, name = target.rsplit(".", 1)
+    owner = LitClassifier if path.endswith("LitClassifier") else __import__(path, fromlist=[name])
+    original = getattr(owner, name)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, signalled)
+    with pytest.raises(Interrupted) as err:
+        train(make_cfg(tiny_overrides(tiny_mnist, tmp_path) + ["trainer.max_epochs=1"]))
+    assert str(err.value) == expected
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_sweep_stopped_outside_the_training_loop(tiny_mnist, tmp_path):
+    """A job stopped during its test: the sweep's line and the job's agree (the sweep's command continues it), and
+    sweep.log says interrupted. Then a signal while the sweep waits for its last figures ends the drawing workers at
+    once (one line, no wait for the busy worker). (The next run draws what they had not: test_sweep.py.)"""
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    args = ["-m", "seed=0", "hydra.sweep.dir=sweep", *overrides, "trainer.max_epochs=1"]
+    line = said_alone(signalled_at("mnist_lab.reporting.RunFigures.on_test_batch_end", "SIGINT", args, tmp_path))
+    assert line == ("SIGINT received during the test: job 0 stopped, its last.ckpt saved; 0 of 1 jobs finished. "
+                    "Continue the sweep with python -m mnist_lab.train -m resume=sweep")
+    (logged,) = (tmp_path / "sweep" / "sweep.log").read_text().splitlines()
+    assert re.fullmatch(r"\[.+\] job 0 \(seed=0 .+\) interrupted: SIGINT received during the test: stopped, "
+                        r"checkpoints/last.ckpt kept; the sweep's command continues it", logged), logged
+
+    started = time.monotonic()
+    result = signalled_at("concurrent.futures.ProcessPoolExecutor.shutdown", "SIGTERM", args, tmp_path)
+    assert time.monotonic() - started < 100  # the busy worker (120 s) was not waited for
+    assert said_alone(result) == ("SIGTERM received while the last figures were drawn: stopped, every result kept; "
+                                  "draw the rest with python -m mnist_lab.figures sweep")
+    assert [re.search(r"\) (\w+): ", line)[1] for line in (tmp_path / "sweep" / "sweep.log").read_text().splitlines()
+            ] == ["interrupted", "finished"]
+
 
 
 def test_a_run_restarted_after_its_last_epoch_records_every_metric(tiny_mnist, tmp_path, make_cfg):

@@ -142,7 +142,11 @@ def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path)
     assert not list(killed.glob("3_*"))
     done = [p for p in killed.glob("[01]_*") if (p / "result.yaml").is_file()]
     assert len(done) == 2
-    kept = {f: f.stat().st_mtime_ns for d in done for f in d.rglob("*") if f.is_file()}
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = done[0] / f".history.png.tmp-{dead.pid}"  # a drawing killed mid-write
+    stale.write_bytes(b"\x89PNG half")
+    kept = {f: f.stat().st_mtime_ns for d in done for f in d.rglob("*") if f.is_file() and f != stale}
 
     changed = subprocess.run([*cmd, "seed=0,1,2"], capture_output=True, text=True, timeout=120, env=ENV)
     assert changed.returncode == 1
@@ -156,6 +160,7 @@ def test_killed_sweep_resumes_with_the_same_command(sweep, tiny_mnist, tmp_path)
     assert again.stdout.count("test: ") == 2  # trained: jobs 2 and 3, nothing else
     assert f"resumed sweep: resuming from {job2 / 'checkpoints' / 'last.ckpt'}" in again.stdout
     assert {f: f.stat().st_mtime_ns for f in kept} == kept  # the finished jobs' files untouched
+    assert not stale.exists()  # cleared
     for run in runs.find_runs(killed):  # a figure the killed sweep's worker had not drawn is drawn now
         assert all((run / f"{name}.png").is_file() for name in FIGURES), run
     assert sorted(p.name for p in runs.find_runs(killed)) == sorted(p.name for p in runs.find_runs(sweep))

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 from hydra.errors import CompactHydraException
 
@@ -74,6 +76,49 @@ class StudyError(MnistLabError):
 
 class ObjectiveError(ConfigError):
     """The study's metric is one the run does not log: every trial would fail the same way."""
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM outside the training loop (stopping): raised where the signal finds the process, past
+    libraries' `except Exception`, up to the layer that knows what was kept and says it (a run, a sweep, the
+    command). `where` says what the process was doing: "during the test", "while starting"."""
+
+    def __init__(self, signum: int, where: str = ""):
+        super().__init__(signum, where)
+        self.signum, self.where = signum, where
+        self.name = signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def stopping(where: Callable[[], str] | None = None) -> Iterator[Callable[[], None]]:
+    """SIGINT and SIGTERM raise Stopped while the block runs (the training loop has its own handler,
+    guards.GracefulInterrupt); `where()` names the phase. A signal the process was started with ignored (a
+    background job's SIGINT) stays ignored. Nested blocks hand back to the outer one; the handlers before the
+    outermost are restored after it. It yields `release`, which hands the signals back before the block ends (a
+    DDP run, whose ranks must agree where to stop: Lightning's handling). Only the main thread can catch
+    signals: elsewhere this does nothing."""
+    previous: dict[int, object] = {}
+
+    def release() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        previous.clear()
+
+    if threading.current_thread() is not threading.main_thread():
+        yield release
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum, where() if where is not None else "")
+
+    previous.update({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
+                     if signal.getsignal(sig) not in (signal.SIG_IGN, None)})  # None: set outside Python, left alone
+    for sig in previous:
+        signal.signal(sig, stop)
+    try:
+        yield release
+    finally:
+        release()
 
 
 @contextlib.contextmanager

@@ -5,24 +5,28 @@
 
 Writes, for each run (one whose test_outputs.npz the test left in its folder):
     history.png, confusion_matrix.png, per_class.png, mistakes.png   in the run folder
-    test/predictions, test/confusion_matrix                          images in the run's loggers
+    test/predictions, test/confusion_matrix                          images in the run's loggers (once: a
+                                                                     redraw logs them where confusion_matrix.png
+                                                                     is missing, the drawing cut short before)
 
 reporting.RunFigures gathers what the test set gave (numpy arrays, a few hundred KB) and calls
 `draw`. A run on its own draws at once. The jobs of a sweep that Hydra's basic launcher runs one after
 another in one process hand the drawing to worker processes instead (spawned once per sweep, a
 quarter of the cores, at least one): the next job trains meanwhile, and the sweep's process waits for
-the last figures before it exits. A failed drawing is logged with its run folder; the run's metrics
+the last figures before it exits (a Ctrl-C or SIGTERM meanwhile ends the workers: the sweep's command
+draws what they had not). A failed drawing is logged with its run folder; the run's metrics
 and checkpoints are not touched by it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import sys
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -32,13 +36,14 @@ from hydra.core.hydra_config import HydraConfig
 
 from mnist_lab import usage
 from mnist_lab.config import chosen_loggers
-from mnist_lab.errors import DamagedFileError
-from mnist_lab.runs import RunDir, atomic_path, find_runs, in_sweep, read_config, shown
+from mnist_lab.errors import DamagedFileError, Interrupted, Stopped, stopping
+from mnist_lab.runs import RunDir, atomic_path, clear_stale_temps, find_runs, in_sweep, read_config, shown
 
 HISTORY_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
 FIGURES = ("history", "confusion_matrix", "per_class", "mistakes")  # the PNGs draw_now writes into the run folder
 log = logging.getLogger("mnist_lab")
 _pool: ProcessPoolExecutor | None = None
+_ended = False  # the workers were ended before they finished (end_workers): their futures say nothing
 
 
 def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
@@ -47,19 +52,69 @@ def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
         draw_now(payload)
         return None
     future = pool().submit(draw_now, payload)
-    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and log.error(
-        f"the figures of {run} failed: {f.exception()}; draw them again with python -m mnist_lab.figures {run}"))
+    future.add_done_callback(lambda f, run=payload["run_dir"]: said_if_failed(f, run))
     return future
+
+
+def said_if_failed(future: Future, run: str) -> None:
+    """A drawing's failure, in one line; none for one the sweep ended (end_workers): it says so itself."""
+    if _ended or future.cancelled() or future.exception() is None:
+        return
+    log.error(f"the figures of {run} failed: {future.exception()}; draw them again with python -m mnist_lab.figures "
+              f"{run}")
 
 
 def pool() -> ProcessPoolExecutor:
     """The drawing workers of this process (spawned at the first call, a quarter of the cores, at least one)."""
-    global _pool
+    global _pool, _ended
     if _pool is None:
+        _ended = False
         workers = max(1, len(os.sched_getaffinity(0)) // 4) if hasattr(os, "sched_getaffinity") else 1
         _pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                     initializer=quiet_helper, initargs=(os.getpid(),))
     return _pool
+
+
+@contextlib.contextmanager
+def drawn_at_the_end(again: str) -> Iterator[None]:
+    """Around a sweep or study: when it ends, however it ends, wait for the figures its jobs handed to the
+    workers, then end them. A SIGINT or SIGTERM meanwhile ends them at once (the figures they were drawing are not
+    drawn: `again` says how to draw them) and the sweep stops in one line (Interrupted), or with the error already
+    under way. Waiting here, not at the interpreter's exit, is what lets a signal stop the wait."""
+    try:
+        yield
+    except BaseException:
+        wait_for_workers(None)
+        raise
+    wait_for_workers(again)
+
+
+def wait_for_workers(again: str | None) -> None:
+    """drawn_at_the_end's wait; again=None: a signal ends the workers and says nothing (an error is on its way)."""
+    global _pool
+    if _pool is None:
+        return
+    try:
+        with stopping(lambda: "while the last figures were drawn"):
+            _pool.shutdown(wait=True)
+    except Stopped as stop:
+        end_workers()
+        if again is not None:
+            raise Interrupted(f"{stop.name} received {stop.where}: stopped, every result kept; {again}") from None
+    finally:
+        _pool = None
+
+
+def end_workers() -> None:
+    """End the drawing workers now (SIGKILL: they hold nothing but a figure being drawn, written atomically)."""
+    global _ended
+    if _pool is None:
+        return
+    _ended = True
+    for worker in list((_pool._processes or {}).values()):  # the executor's own record of its processes
+        with contextlib.suppress(OSError):
+            worker.kill()
+    _pool.shutdown(wait=True, cancel_futures=True)
 
 
 def quiet_helper(parent: int) -> None:
@@ -106,7 +161,9 @@ def draw_now(payload: dict[str, Any]) -> None:
     confusion = payload["confusion"]
     matrix, _ = MulticlassConfusionMatrix(num_classes=len(confusion)).plot(torch.as_tensor(confusion))
     matrix.set_size_inches(6, 6)
-    log_to_run(run, {"logger": chosen}, {"test/predictions": grid, "test/confusion_matrix": matrix}, payload["step"])
+    if not run.figure("confusion_matrix").is_file():  # saved after the images were logged: a redraw logs none
+        log_to_run(run, {"logger": chosen}, {"test/predictions": grid, "test/confusion_matrix": matrix},
+                   payload["step"])
     drawing.close(grid)
     drawing.save(matrix, run.figure("confusion_matrix"))
     counts = confusion.sum(1)
@@ -152,6 +209,16 @@ def saved_payload(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return payload
 
 
+def redraw(run_dir: str | os.PathLike, payload: dict[str, Any] | None = None, config: Mapping | None = None,
+           background: bool = False) -> Future | None:
+    """Draw a finished run's figures again from what it kept (saved_payload, read_config, unless given), at once
+    or in a worker; what a drawing killed mid-write left is cleared first."""
+    clear_stale_temps(run_dir)
+    payload = payload if payload is not None else saved_payload(run_dir)
+    config = config if config is not None else read_config(run_dir)
+    return draw({**payload, "run_dir": str(run_dir), "chosen": dict(chosen_loggers(config))}, background)
+
+
 def keep_payload(payload: Mapping[str, Any]) -> None:
     """Save the arrays of a payload in its run folder (atomically), so the figures can be drawn again."""
     arrays = {k: np.asarray(v) for k, v in payload.items() if k not in ("run_dir", "chosen")}
@@ -167,19 +234,25 @@ def main(argv: list[str] | None = None) -> int:
     folders = parser.parse_args(argv).folders
     runs = sorted({run for f in folders for run in find_runs(f)})
     drawn, damaged = 0, 0
-    for run in runs:
-        try:
-            payload = saved_payload(run)
-            config = read_config(run) if payload is not None else {}
-        except DamagedFileError as err:  # said, and the other runs drawn
-            print(err, file=sys.stderr)
-            damaged += 1
-            continue
-        if payload is None:
-            continue
-        draw_now({**payload, "run_dir": str(run), "chosen": dict(chosen_loggers(config))})
-        print(f"drew the figures of {run}")
-        drawn += 1
+    try:
+        with stopping(lambda: "while the figures were drawn"):
+            for run in runs:
+                try:
+                    payload = saved_payload(run)
+                    config = read_config(run) if payload is not None else {}
+                except DamagedFileError as err:  # said, and the other runs drawn
+                    print(err, file=sys.stderr)
+                    damaged += 1
+                    continue
+                if payload is None:
+                    continue
+                redraw(run, payload, config)
+                print(f"drew the figures of {run}")
+                drawn += 1
+    except Stopped as stop:  # each figure is written whole or not at all
+        print(f"{stop.name} received {stop.where}: stopped after those of {drawn} of {len(runs)} runs; the same "
+              "command draws them again", file=sys.stderr)
+        return 1
     if damaged:
         return 1
     if not drawn:

@@ -13,7 +13,7 @@ import torch.distributed as dist
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from mnist_lab.errors import Interrupted, TrainingError
-from mnist_lab.runs import RunDir, atomic_path, shown
+from mnist_lab.runs import RunDir, atomic_path, continue_how, in_sweep, shown
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -123,6 +123,8 @@ class GracefulInterrupt(L.Callback):
             run = RunDir(self.run_dir)
             then = (f"resume from {run.last_ckpt.relative_to(run.path)} with: python -m mnist_lab.train "
                     f"resume={shown(run.path)}") if run.last_ckpt.is_file() else "no checkpoint yet: start it again"
+            if in_sweep():  # a job of a sweep or study
+                then = "the sweep's command continues it"
             raise Interrupted(f"SIGINT received again: stopped at once in epoch {self.trainer.current_epoch + 1}, "
                               f"saving nothing more; {then}")
         self.received = signum
@@ -143,8 +145,7 @@ class GracefulInterrupt(L.Callback):
         self._restore()
         raise Interrupted(
             f"{name} received: stopped after step {trainer.global_step} ({where}) and "
-            f"saved {run.last_ckpt.relative_to(run.path)}; resume with: python -m mnist_lab.train "
-            f"resume={shown(run.path)}"
+            f"saved {run.last_ckpt.relative_to(run.path)}; {continue_how(run)}"
         )
 
     def on_train_end(self, trainer, module) -> None:

@@ -184,6 +184,13 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def continue_how(run: RunDir) -> str:
+    """How an interrupted run continues, for its line: its resume= command, or for a job of a sweep or study, the
+    sweep's command (which resumes it with the others)."""
+    return "the sweep's command continues it" if in_sweep() else f"resume with: python -m mnist_lab.train " \
+                                                                  f"resume={shown(run.path)}"
+
+
 def is_sweep(folder: Path) -> bool:
     """Whether `folder` is a sweep folder (Hydra's multirun.yaml, no run config of its own)."""
     return (folder / SWEEP_RECORD).is_file() and not (folder / CONFIG).is_file()
@@ -256,6 +263,18 @@ def atomic_path(path: str | os.PathLike, commit: bool = True) -> Iterator[Path]:
     finally:
         if commit:
             tmp.unlink(missing_ok=True)
+
+
+def clear_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (atomic_path's `.<name>.tmp-<pid>`) under `folder` that a process killed
+    mid-write left (SIGKILL, a lost node): those whose pid is gone on this host. Returns what it removed."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_failed(path: Path, err: OSError):

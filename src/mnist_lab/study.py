@@ -47,7 +47,7 @@ from omegaconf import OmegaConf, open_dict
 
 from mnist_lab import config, sweeps
 from mnist_lab.config import flatten
-from mnist_lab.errors import ConfigError, Interrupted, ObjectiveError, StudyError
+from mnist_lab.errors import ConfigError, Interrupted, ObjectiveError, Stopped, StudyError
 from mnist_lab.runs import RunDir, cut_torn_tail, owned, write_text
 
 if TYPE_CHECKING:
@@ -310,6 +310,10 @@ class StudySweep:
             previous = self.catch_signals()
             try:
                 self.run(study, space, fixed)
+            except Stopped as stop:  # a second signal, between trials (a trial says its own)
+                raise Interrupted(f"{stop.name} received again: the study stopped at once with "
+                                  f"{self.summary(study)}; run the same command with hydra.sweep.dir={self.sweep_dir} "
+                                  "to continue it") from None
             finally:
                 for sig, handler in previous.items():
                     signal.signal(sig, handler)

@@ -14,6 +14,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 from mnist_lab.config import override_key
+from mnist_lab.errors import Interrupted
 from mnist_lab.runs import SWEEP_LOG, shown
 
 log = logging.getLogger("mnist_lab")
@@ -23,8 +24,8 @@ class ReportFailures(Callback):
     """In a multirun: log each failed job with the overrides the sweep varies as it ends (Hydra's basic
     launcher runs every job, then raises the first failure only), and keep the sweep folder's sweep.log, a
     line for every job: its test accuracy and folder, or its failure's one line (the job's own train.log has
-    the cause), or that an Optuna study pruned it. Hydra turns an exception raised here into a warning: nothing
-    here can stop a sweep."""
+    the cause), or that a signal interrupted it (its line; the sweep says it too), or that an Optuna study
+    pruned it. Hydra turns an exception raised here into a warning: nothing here can stop a sweep."""
 
     swept: set[str] | None = None  # the keys the sweep varies: a job is named by their values
 
@@ -42,6 +43,8 @@ class ReportFailures(Callback):
         value = job_return._return_value
         if job_return.status == JobStatus.FAILED and optuna is not None and isinstance(value, optuna.TrialPruned):
             line = f"{job} pruned: {value}"  # the study's pruner stopped it: not a failure
+        elif job_return.status == JobStatus.FAILED and isinstance(value, Interrupted):
+            line = f"{job} interrupted: {value}"  # a signal: the sweep's command continues it
         elif job_return.status == JobStatus.FAILED:
             line = f"{job} failed: {value}"
             if not trial:

@@ -38,7 +38,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict, read_write
 
-from mnist_lab import figures, runs
+from mnist_lab import errors, figures, runs
 from mnist_lab.config import RESUME_MAY_SET, override_key
 from mnist_lab.errors import ConfigError, DamagedFileError, Interrupted, JobsFailed, MnistLabError, said_alone
 from mnist_lab.runs import saved_overrides
@@ -86,9 +86,17 @@ def owned_sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
     that Slurm runs side by side each hold their own run folder's lock."""
     sweep_dir = Path(str(sweeper.config.hydra.sweep.dir))
     new = not sweep_dir.exists()
+    command = f"python -m mnist_lab.train -m resume={runs.shown(sweep_dir)}"
     try:
-        with said_alone(), runs.owned(sweep_dir / runs.LOCK, "sweep", sweep_dir, "run the same command again"):
-            return sweep(sweeper, arguments)
+        with said_alone(), runs.owned(sweep_dir / runs.LOCK, "sweep", sweep_dir, "run the same command again"), \
+                figures.drawn_at_the_end(f"draw the rest with python -m mnist_lab.figures {runs.shown(sweep_dir)}"):
+            try:  # a signal outside a job's run (which says its own): between jobs, as the sweep starts
+                with errors.stopping(lambda: "between jobs" if runs.find_runs(sweep_dir) else "as the sweep started"):
+                    return sweep(sweeper, arguments)
+            except errors.Stopped as stop:
+                done = sum(1 for f in runs.find_runs(sweep_dir) if runs.finished(f))
+                raise Interrupted(f"{stop.name} received {stop.where}: the sweep stopped, {done} jobs finished "
+                                  f"and kept; continue it with {command}") from None
     finally:
         if new:  # refused before it wrote anything: no empty folder left behind
             with contextlib.suppress(OSError):
@@ -130,6 +138,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
         for n, state in states.items():
             if state == FINISHED:
                 log.info(f"\t#{n} : finished, kept: {folders[n].name}  {read_result(folders[n])}")
+                runs.clear_stale_temps(folders[n])  # a figure whose drawing a killed sweep cut short
                 complete_figures(folders[n])
             elif runs.RunDir(folders[n]).result.exists():
                 again = "tested again from its last.ckpt" if state == INTERRUPTED else "trained again"
@@ -148,9 +157,11 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
                 returns[n] = ret
                 if ret.status == JobStatus.FAILED and isinstance(ret._return_value, Interrupted):
                     done = sum(1 for f in folders.values() if runs.finished(f))
-                    raise Interrupted(f"{str(ret._return_value).split(':', 1)[0]}: job {n} stopped, its "
-                                      f"{runs.LAST}.ckpt saved; {done} of {len(folders)} jobs finished. Continue "
-                                      f"the sweep with python -m mnist_lab.train -m resume={runs.shown(sweep_dir)}")
+                    kept = (f"its {runs.LAST}.ckpt saved" if runs.RunDir(folders[n]).last_ckpt.is_file() else
+                            "before its first checkpoint")
+                    raise Interrupted(f"{str(ret._return_value).split(':', 1)[0]}: job {n} stopped, {kept}; {done} of "
+                                      f"{len(folders)} jobs finished. Continue the sweep with python -m "
+                                      f"mnist_lab.train -m resume={runs.shown(sweep_dir)}")
     ordered = [returns[n] for n in sorted(returns)]
     failed = [ret for ret in ordered if ret.status == JobStatus.FAILED]
     if failed and isinstance(failed[0]._return_value, MnistLabError):  # each said in its line and sweep.log
@@ -268,8 +279,9 @@ def complete_figures(folder: Path) -> None:
         except DamagedFileError as err:
             log.warning(f"\t     {err}")
             return
-        log.info(f"\t     its figures were not drawn ({', '.join(lacking)}: the sweep stopped first); drawing them")
-        figures.main([str(folder)])
+        log.info(f"\t     its figures were not drawn ({', '.join(lacking)}: the sweep stopped first); drawing them "
+                 "beside the jobs")
+        figures.redraw(folder, background=True)
 
 
 def read_result(folder: Path) -> str:

@@ -33,13 +33,17 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mnist_lab import config, console, helptext  # noqa: F401  (helptext: --help's resolver)
+from mnist_lab import config, console, helptext, runs  # noqa: F401  (helptext: --help's resolver)
 from mnist_lab.cmdline import prepare_argv
 from mnist_lab.console import log
-from mnist_lab.errors import LockedError, MnistLabError, NothingToDo
+from mnist_lab.errors import Interrupted, LockedError, MnistLabError, NothingToDo, Stopped, stopping
 from mnist_lab.idx import ensure_raw_files
 from mnist_lab.resume import continued, finished
 from mnist_lab.runs import RunDir, in_sweep, owning_run, result_metrics, shown, write_result, write_text
+
+PHASES = {"sanity_check": "during the sanity check", "train": "during training", "validate": "during validation",
+          "test": "during the test"}  # Lightning's RunningStage values, as a stop's line says them
+FINISHED: list[Path] = []  # the run folders this process finished (train returned)
 
 
 def train(cfg: DictConfig, callbacks: Sequence = ()) -> dict[str, float]:
@@ -51,11 +55,38 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> dict[str, float]:
     # a resumed run's record continues in its own log, where it has one
     run_dir = resume if resume is not None and RunDir(resume).config.is_file() else Path(cfg.output_dir)
     first = console.rank_zero() and int(os.environ.get("NODE_RANK") or 0) == 0  # one process holds the run folder
+    at: dict = {}  # the run's trainer, once built: where a signal found it
     with console.recorded(run_dir, rank_zero=console.rank_zero()), owning_run(run_dir, take=first):
-        return _train(cfg, callbacks)
+        if first:  # the run's owner: no other process writes into it
+            runs.clear_stale_temps(run_dir)  # what a process killed mid-write left (.best.ckpt.tmp-<pid>)
+        try:
+            with stopping(lambda: phase(at.get("trainer"))) as at["release"]:
+                metrics = _train(cfg, callbacks, at)
+        except Stopped as stop:
+            raise Interrupted(stopped_line(stop, RunDir(at.get("run", run_dir)))) from None
+    FINISHED.append(Path(at.get("run", run_dir)))
+    return metrics
 
 
-def _train(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
+def phase(trainer) -> str:
+    """What a run was doing, for the line of a signal outside the training loop: 'during the test'."""
+    if trainer is None:
+        return "while starting"
+    return PHASES.get(getattr(trainer.state.stage, "value", None), "while finishing")
+
+
+def stopped_line(stop: Stopped, run: RunDir) -> str:
+    """The one line of a run stopped by a signal outside its training loop (GracefulInterrupt says its own):
+    what was kept, and how to continue: resume=, or the sweep's command for a job of a sweep."""
+    head = f"{stop.name} received {stop.where or 'while starting'}: stopped"
+    if run.last_ckpt.is_file():
+        return f"{head}, {run.last_ckpt.relative_to(run.path)} kept; {runs.continue_how(run)}"
+    if in_sweep():
+        return f"{head} before its first checkpoint; the sweep's command starts it again"
+    return f"{head} before the first checkpoint: nothing to resume; run the command again"
+
+
+def _train(cfg: DictConfig, callbacks: Sequence, at: dict) -> dict[str, float]:
     console.quiet_lightning()
     if cfg.get("resume") and (done := finished(cfg.resume)):  # nothing to resume: the run is left as it is
         log.info(done)
@@ -75,6 +106,7 @@ def _train(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
     from mnist_lab.reporting import FitRecord
 
     run = RunDir(cfg.output_dir)
+    at["run"] = run.path
     run.path.mkdir(parents=True, exist_ok=True)
     plain = OmegaConf.to_container(cfg, resolve=True)  # plain values: checkpoints stay weights_only-loadable
     if ckpt_path is None:
@@ -92,6 +124,9 @@ def _train(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
     trainer, module, datamodule = build_run(cfg, run, net, provenance=provenance.summary(record),
                                             callbacks=callbacks)
     trainer.callbacks.append(provenance.Provenance(run, record, diff))  # written by global rank 0
+    at["trainer"] = trainer
+    if trainer.world_size > 1:  # DDP: the ranks must agree where to stop (Lightning's handling, as in fit)
+        at["release"]()
     log.info(describe_device(trainer, module.fast))
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     fitted = next(c for c in trainer.callbacks if isinstance(c, FitRecord)).fitted()  # a restart's too
@@ -124,14 +159,30 @@ def main(cfg: DictConfig) -> float:
         sys.exit(str(err))  # the line alone, without Hydra's lines around it (train.log keeps the cause)
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """python -m mnist_lab.train: the command line checked, then Hydra's main. A signal outside a run and a
+    sweep (while the command starts, or after a run ended) is one line too."""
     try:
-        sys.argv = prepare_argv(sys.argv)
-    except NothingToDo as done:
-        print(done)
-        sys.exit(0)
-    except MnistLabError as err:
+        with stopping(lambda: "after the run finished" if FINISHED else "while starting"):
+            try:
+                sys.argv = prepare_argv(sys.argv)
+            except NothingToDo as done:
+                print(done)
+                sys.exit(0)
+            except MnistLabError as err:
+                if os.environ.get("HYDRA_FULL_ERROR"):
+                    raise
+                sys.exit(str(err))  # one line, before Hydra (and its error handling) starts
+            main()
+    except Stopped as stop:
         if os.environ.get("HYDRA_FULL_ERROR"):
             raise
-        sys.exit(str(err))  # one line, before Hydra (and its error handling) starts
-    main()
+        if FINISHED:  # its work is done: said, exit status 0
+            print(f"{stop.name} received {stop.where}: nothing lost, its results are in {shown(FINISHED[-1])}")
+            sys.exit(0)
+        sys.exit(f"{stop.name} received {stop.where}: stopped before the run began, nothing written; run the "
+                 "command again")
+
+
+if __name__ == "__main__":
+    command()

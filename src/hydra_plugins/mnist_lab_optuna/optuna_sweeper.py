@@ -23,7 +23,9 @@ class OptunaSweeper(Sweeper):
         self.study.setup(hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> None:
+        from mnist_lab import figures
         from mnist_lab.errors import said_alone
 
-        with said_alone():  # a study's error: its line alone
+        again = f"draw the rest with python -m mnist_lab.figures {self.study.sweep_dir}"
+        with said_alone(), figures.drawn_at_the_end(again):  # a study's error: its line alone
             self.study.sweep(arguments)
