@@ -42,7 +42,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from mnist_lab import console
+from mnist_lab import console, runs
 from mnist_lab.config import among, flatten
 from mnist_lab.console import log
 from mnist_lab.data import TensorBatches, float_split, split
@@ -525,7 +525,8 @@ def run_member(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
     from mnist_lab.train import _train  # train's own steps; train.py imports Hydra's app (not this module)
 
     with console.recorded(cfg.output_dir, this_thread=True), owning_run(cfg.output_dir):
-        return _train(cfg, callbacks)
+        runs.clear_stale_temps(cfg.output_dir)  # what a process killed mid-write left
+        return _train(cfg, callbacks, {"release": lambda: None})  # signals: the stack's (forwarded_signals)
 
 
 @contextlib.contextmanager
