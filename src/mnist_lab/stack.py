@@ -395,3 +395,27 @@ def train_epoch(runner: StackedRunner, data: StackedData, epoch: int) -> tuple[t
         correct += right
         n += y.shape[1]
     return loss_sum, correct, n
+
+
+def train_stack(cfgs: Sequence, callbacks: Sequence = ()) -> list[dict | BaseException]:
+    """Train the jobs of one stack (their resolved configs, stacking.plan's group) and return each one's test
+    metrics ({"test/acc": ..., "test/loss": ...}) or the error that ended it, in order.
+
+    For now each member trains by itself, one after the other (train.train, in its own run folder, with its
+    own Hydra config: stacking.as_job); a Ctrl-C or SIGTERM ends the stack, the members not begun returning
+    the same Interrupted."""
+    from mnist_lab.errors import Interrupted
+    from mnist_lab.stacking import as_job
+    from mnist_lab.train import train
+
+    results: list[dict | BaseException] = []
+    for cfg in cfgs:
+        if results and isinstance(results[-1], Interrupted):
+            results.append(results[-1])
+            continue
+        try:
+            with as_job(cfg):
+                results.append(train(cfg, callbacks))
+        except Exception as err:
+            results.append(err)
+    return results
