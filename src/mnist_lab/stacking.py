@@ -145,7 +145,7 @@ def grouping_line(configs: dict[int, Any], jobs: Sequence[Job], stacks: list[lis
         return numbers([n for n, _ in stack]) + (f" [{' '.join(what)}]" if what else "")
 
     sizes = sorted({configs[n].get("stack", 1) for n, _ in jobs})
-    line = f"stack={','.join(map(str, sizes))}: {len(jobs)} jobs in {len(stacked)} stack{'s' * (len(stacked) != 1)}"
+    line = f"stack={','.join(map(str, sizes))}: {len(jobs)} job{'s' * (len(jobs) != 1)} in {len(stacked)} stack{'s' * (len(stacked) != 1)}"
     if stacked:
         line += ", " + "; ".join(described(s) for s in stacked)
     if single:
