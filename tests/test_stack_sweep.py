@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import yaml
 from hydra.core.utils import JobReturn, JobStatus
 
@@ -48,6 +47,14 @@ def test_seeds_and_learning_rates_stack_up_to_n(tmp_path, caplog):
                     ["stack=8"])
         assert planned(jobs, tmp_path, caplog)[0] == [[0, 1, 2, 3]], name
     assert planned(grid(["seed=0", "seed=1"], ["stack=1"]), tmp_path, caplog)[0] == []  # off: no plan, no line
+
+
+def test_a_stack_carries_each_optimizer_setting_the_stacked_step_takes():
+    from mnist_lab.stack import STACKABLE
+
+    fields = {k.split(".", 1)[1] for k in config.flat_keys(config.Config) if k.startswith("optimizer.")}
+    assert {name: set(keys) for name, keys in stacking.CARRIED.items()} == \
+        {name: set(keys) & fields for name, keys in STACKABLE.items()}
 
 
 def test_what_differs_in_other_keys_makes_groups(tmp_path, caplog):

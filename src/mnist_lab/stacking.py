@@ -14,7 +14,8 @@ run_job does (its JobReturn, on_job_end: its sweep.log line). The resumable swee
 stacks one after the other with the basic launcher; hydra/launcher=slurm makes each stack one task of a
 Slurm array (SlurmLauncher.launch_stacks).
 
-No torch at import: sweeps imports this module in every sweep.
+No torch at import: sweeps imports this module in every sweep. stack.train_stack reaches run_stack from the
+Hydra plugins (src/hydra_plugins/mnist_lab/), which import it when a stack trains.
 """
 
 from __future__ import annotations
@@ -41,19 +42,23 @@ log = logging.getLogger(__name__)
 Job = tuple[int, list[str]]  # a sweep job: its number, its overrides
 
 
-def carried(optimizer: str) -> tuple[str, ...]:
-    """The config keys that a stack carries per member: seed, and the optimizer's numeric settings that
-    stack.StackedOptimizer takes per member (those that are config fields)."""
-    from mnist_lab.stack import STACKABLE  # torch: only where a sweep stacks
+# The config keys a stack carries per member besides the seed: each optimizer's numeric settings that
+# stack.StackedOptimizer takes per member (its STACKABLE, less what the config has no key for; a test checks).
+CARRIED = {
+    "rmsprop": ("lr", "alpha", "eps", "weight_decay", "momentum"),
+    "keras_rmsprop": ("lr", "rho", "eps"),
+    "adam": ("lr", "eps", "weight_decay"),
+    "sgd": ("lr", "momentum", "weight_decay"),
+}
 
-    fields = set(config.flat_keys(config.OptimizerConfig))
-    return ("seed", *(f"optimizer.{k}" for k in STACKABLE.get(optimizer, ()) if k in fields))
+
+def carried(optimizer: str) -> tuple[str, ...]:
+    """The config keys that a stack carries per member: seed, and the optimizer's numeric settings."""
+    return ("seed", *(f"optimizer.{k}" for k in CARRIED.get(optimizer, ())))
 
 
 def cannot_stack(cfg: Any) -> str | None:
     """Why a job's config cannot train as a member of a stack (a phrase), or None where it can."""
-    from mnist_lab.stack import STACKABLE
-
     trainer = cfg.trainer
     if str(trainer.strategy) not in ("auto", "single_device") or trainer.num_nodes != 1:
         return f"trainer.strategy={trainer.strategy} trainer.num_nodes={trainer.num_nodes}: DDP trains one model " \
@@ -62,7 +67,7 @@ def cannot_stack(cfg: Any) -> str | None:
         return f"trainer.devices={trainer.devices}: a stack trains on one device"
     if str(trainer.precision) not in ("32-true", "32"):
         return f"trainer.precision={trainer.precision}: a stack trains in 32-true"
-    if cfg.optimizer.name not in STACKABLE:
+    if cfg.optimizer.name not in CARRIED:
         return f"optimizer.name={cfg.optimizer.name} has no stacked step"
     if trainer.gradient_clip_val is not None:
         return f"trainer.gradient_clip_val={trainer.gradient_clip_val}: a stack does not clip gradients"
@@ -145,7 +150,9 @@ def grouping_line(configs: dict[int, Any], jobs: Sequence[Job], stacks: list[lis
         return numbers([n for n, _ in stack]) + (f" [{' '.join(what)}]" if what else "")
 
     sizes = sorted({configs[n].get("stack", 1) for n, _ in jobs})
-    line = f"stack={','.join(map(str, sizes))}: {len(jobs)} job{'s' * (len(jobs) != 1)} in {len(stacked)} stack{'s' * (len(stacked) != 1)}"
+    plural = lambda n: "s" * (n != 1)  # noqa: E731
+    line = f"stack={','.join(map(str, sizes))}: {len(jobs)} job{plural(len(jobs))} in {len(stacked)} " \
+           f"stack{plural(len(stacked))}"
     if stacked:
         line += ", " + "; ".join(described(s) for s in stacked)
     if single:
@@ -153,10 +160,14 @@ def grouping_line(configs: dict[int, Any], jobs: Sequence[Job], stacks: list[lis
     return line
 
 
-def launch(launcher: Any, stacks: list[list[Job]],
-           alone: Callable[[Any, list[Job]], Sequence[JobReturn]]) -> Iterator[tuple[list[Job], Sequence[JobReturn]]]:
+TrainStack = Callable[[list[Any]], list[Any]]  # stack.train_stack, handed down by the Hydra plugins
+
+
+def launch(launcher: Any, stacks: list[list[Job]], alone: Callable[[Any, list[Job]], Sequence[JobReturn]],
+           train_stack: TrainStack) -> Iterator[tuple[list[Job], Sequence[JobReturn]]]:
     """(jobs, their returns) as each launch ends: with hydra/launcher=slurm all stacks as one Slurm array, a task
-    per stack; else each stack in turn in this process, and a job alone through `alone` (the sweep's own launch)."""
+    per stack; else each stack in turn in this process (train_stack), a job alone through `alone` (the sweep's
+    own launch)."""
     if hasattr(launcher, "launch_stacks"):
         yield [job for stack in stacks for job in stack], launcher.launch_stacks(stacks)
         return
@@ -164,7 +175,7 @@ def launch(launcher: Any, stacks: list[list[Job]],
         if len(stack) == 1:
             yield stack, alone(launcher, stack)
         else:
-            yield stack, run_stack(launcher.hydra_context, launcher.task_function, launcher.config, stack)
+            yield stack, run_stack(launcher.hydra_context, launcher.task_function, launcher.config, stack, train_stack)
 
 
 _JOBS: dict[str, DictConfig] = {}  # run folder -> its job's whole config (Hydra's), while its stack trains
@@ -187,13 +198,11 @@ def as_job(cfg: Any) -> Iterator[None]:
 
 
 def run_stack(hydra_context: Any, task_function: Any, sweep_config: DictConfig, stack: Sequence[Job],
-              job_id: str | None = None) -> list[JobReturn]:
-    """Train the jobs of `stack` with one stack.train_stack call, each a Hydra job as run_job makes it: its
-    number and job id (Slurm's where given), run folder, .hydra/{config,hydra,overrides}.yaml, the callbacks'
-    on_job_start and on_job_end (sweep.log), and its JobReturn (the test accuracy, or the error)."""
+              train_stack: TrainStack, job_id: str | None = None) -> list[JobReturn]:
+    """Train the jobs of `stack` with one train_stack call (stack.train_stack), each a Hydra job as run_job
+    makes it: its number and job id (Slurm's where given), run folder, .hydra/{config,hydra,overrides}.yaml,
+    the callbacks' on_job_start and on_job_end (sweep.log), and its JobReturn (the test accuracy, or the error)."""
     from hydra.core.utils import _flush_loggers, _save_config, configure_log, env_override, setup_globals
-
-    from mnist_lab.stack import train_stack
 
     setup_globals()
     configure_log(sweep_config.hydra.hydra_logging, sweep_config.hydra.verbose)
@@ -247,7 +256,7 @@ def run_stack(hydra_context: Any, task_function: Any, sweep_config: DictConfig, 
         finally:
             for _, _, resolved in training:
                 _JOBS.pop(str(resolved.output_dir), None)
-        for (cfg, ret, resolved), result in zip(training, results, strict=True):
+        for (_, ret, _), result in zip(training, results, strict=True):
             if isinstance(result, BaseException):
                 ret.return_value, ret.status = result, JobStatus.FAILED
             else:

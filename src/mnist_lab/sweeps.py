@@ -146,7 +146,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
         todo = [(n, o) for n, o in batch if states[n] != FINISHED]
         asked = sweeper.config.get("stack", 1) > 1 or any(override_key(o) == "stack" for _, job in todo for o in job)
         stacks = stacking.plan({n: job_config(sweeper, n, o) for n, o in todo}, todo, folders) if asked else None
-        launches = stacking.launch(sweeper.launcher, stacks, launch) if stacks else \
+        launches = stacking.launch(sweeper.launcher, stacks, launch, sweeper.train_stack) if stacks else \
             ((group, launch(sweeper.launcher, group)) for group in groups(sweeper.launcher, todo))
         for group, returned in launches:
             for (n, _), ret in zip(group, returned, strict=True):

@@ -46,11 +46,12 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
             import submitit
             from hydra.core.singleton import Singleton
 
+            from hydra_plugins.mnist_lab.resumable_sweeper import ResumableSweeper
             from mnist_lab.stacking import run_stack
 
             Singleton.set_state(singleton_state)
             return run_stack(self.hydra_context, self.task_function, self.config, self.stacks[job_num],
-                             job_id=submitit.JobEnvironment().job_id)
+                             ResumableSweeper.train_stack, job_id=submitit.JobEnvironment().job_id)
         if self.numbers is not None:  # pickled with the launcher into each Slurm job
             job_num = self.numbers[job_num]
         return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
