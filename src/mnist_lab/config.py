@@ -139,9 +139,8 @@ class Config:
     output_dir: str = "${hydra:runtime.output_dir}"  # the run folder
     export: bool = False  # at the end, export the best checkpoint (ONNX, .pt2, TorchScript), checked
     resume: str | None = None  # a run folder: continue that run from its checkpoints/last.ckpt
-    # under -m: train up to this many jobs that differ only in seed and optimizer numbers as one stacked
-    # model (src/mnist_lab/stacking.py; an MLP member holds about 5 MB, a convnet's 1.2 MB); 1: off
-    stack: int = 1
+    # An MLP member holds about 5 MB (weights, gradients, RMSprop's average), a convnet's about 1.2 MB plus its batch.
+    stack: int = 1  # -m: up to N jobs that differ only in seed and optimizer numbers train as one stack; 1: off
 
 
 def default_threads() -> int:
