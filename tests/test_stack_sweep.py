@@ -143,3 +143,13 @@ def test_a_stacked_sweep_keeps_every_job_its_own(tiny_mnist, tmp_path):
     assert "stack=4: 1 job in 0 stacks; 1 alone (#1)" in log and again.stdout.count("test: ") == 1
     assert runs.finished(folders[1]) and {f: f.stat().st_mtime_ns for f in kept} == kept
     assert len((sweep / "sweep.log").read_text().splitlines()) == 5
+
+
+def test_interrupted_jobs_stack_with_those_resuming_from_the_same_epoch(tmp_path, caplog):
+    import torch
+
+    for n, epoch in ((0, 1), (1, 2), (2, 1)):  # jobs 0 and 2 saved their last.ckpt in epoch 1, job 1 in epoch 2
+        (tmp_path / str(n) / "checkpoints").mkdir(parents=True)
+        torch.save({"epoch": epoch}, tmp_path / str(n) / "checkpoints" / "last.ckpt")
+    stacks, _ = planned(grid([f"seed={s}" for s in range(5)], ["stack=4"]), tmp_path, caplog)
+    assert stacks == [[0, 2], [1], [3, 4]]  # 3 and 4: not started
