@@ -241,8 +241,9 @@ def run_stack(hydra_context: Any, task_function: Any, sweep_config: DictConfig, 
                 callbacks.on_job_start(config=cfg, task_function=task_function)
             resolved = copy.deepcopy(task_cfg)  # output_dir and friends, read while this job's Hydra config is set
             OmegaConf.resolve(resolved)
-            try:
+            try:  # a member whose config cannot work fails alone, before the stack trains
                 config.check_launch(resolved, cfg.hydra)
+                config.validate(resolved)
             except MnistLabError as err:
                 ret.return_value, ret.status = err, JobStatus.FAILED
             members.append((cfg, ret, resolved))
