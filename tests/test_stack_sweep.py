@@ -81,6 +81,9 @@ def test_what_cannot_stack_runs_alone_with_its_reason(tmp_path, caplog):
                          "\t#5 : alone: trainer.devices=2: a stack trains on one device"]
     assert all(len(line) <= 200 for line in lines[1:])
     assert stacking.cannot_stack(config.compose(["trainer=ddp_cpu"])).startswith("trainer.strategy=ddp")
+    assert stacking.cannot_stack(config.compose(["trainer.fast_dev_run=true"])).startswith("trainer.fast_dev_run")
+    assert stacking.cannot_stack(config.compose(["trainer.gradient_clip_val=1"])).startswith("trainer.gradient_clip")
+    assert stacking.cannot_stack(config.compose(["model=convnet", "optimizer=adam"])) is None
 
 
 def test_slurm_runs_a_stack_as_one_array_task(monkeypatch, tmp_path):

@@ -71,6 +71,8 @@ def cannot_stack(cfg: Any) -> str | None:
         return f"optimizer.name={cfg.optimizer.name} has no stacked step"
     if trainer.gradient_clip_val is not None:
         return f"trainer.gradient_clip_val={trainer.gradient_clip_val}: a stack does not clip gradients"
+    if trainer.fast_dev_run:
+        return "trainer.fast_dev_run: a smoke test runs one batch"
     if cfg.get("resume"):
         return "resume= continues one run"
     return None
@@ -249,11 +251,14 @@ def run_stack(hydra_context: Any, task_function: Any, sweep_config: DictConfig, 
             members.append((cfg, ret, resolved))
 
         training = [m for m in members if m[1].status != JobStatus.FAILED]
-        HydraConfig.instance().set_config(training[0][0] if training else previous)
+        if training:
+            HydraConfig.instance().set_config(training[0][0])
         _JOBS.update({str(resolved.output_dir): cfg for cfg, _, resolved in training})
         try:
             with env_override(members[0][0].hydra.job.env_set):
                 results = train_stack([resolved for _, _, resolved in training]) if training else []
+        except Exception as err:  # the stack as a whole stopped (it could not be built, a signal): every member's
+            results = [err] * len(training)
         finally:
             for _, _, resolved in training:
                 _JOBS.pop(str(resolved.output_dir), None)
