@@ -8,8 +8,9 @@ if an earlier one failed: the GPU-marked tests of tests/test_gpu.py and tests/te
 gpu); scripts/bench.py's GPU rows for the MLP and the convnet (plain loop, plain CUDA-graph loop,
 mnist_lab's default path, fast.compile=true; 5 epochs, medians of 2), the convnet's plain graph loop
 and compiled path again with cudnn.benchmark; what a run pays besides its epochs; a 10-run MLP sweep
-and a 5-run convnet sweep from the command to the last test line.
-Under 5 minutes on one H200.
+and a 5-run convnet sweep from the command to the last test line; scripts/bench_stack_sweep.py's rows: the
+10-seed MLP sweep, a 4 lr x 4 seed MLP grid and 8 convnet seeds, each with stack=N against its jobs alone.
+Under 5 minutes on one H200 without the stacked rows (not yet run on a GPU).
 The table comes last; --out keeps logs and JSON lines.
 """
 
@@ -58,6 +59,7 @@ def main() -> None:
     jsonl = args.out / "bench.jsonl"
     jsonl.unlink(missing_ok=True)
     py, bench = sys.executable, str(REPO / "scripts" / "bench.py")
+    stack = str(REPO / "scripts" / "bench_stack_sweep.py")
     print(f"gpu_check on {torch.cuda.get_device_name()}, torch {torch.__version__}, Python {sys.version.split()[0]}")
     results = [
         step("tests", [py, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py",
@@ -75,6 +77,11 @@ def main() -> None:
              args.out, 90),
         step("sweep_convnet", [py, bench, "--device", "cuda", "--data", args.data, "--sweep", "5",
                                "--models", "convnet", "--json", str(jsonl)], args.out, 90),
+        step("stack_sweep", [py, stack, "--device", "cuda", "--data", args.data, "--json", str(jsonl)], args.out, 120),
+        step("stack_grid", [py, stack, "--device", "cuda", "--data", args.data, "--seeds", "4", "--lrs", "3e-4",
+                            "1e-3", "3e-3", "1e-2", "--json", str(jsonl)], args.out, 150),
+        step("stack_convnet", [py, stack, "--device", "cuda", "--data", args.data, "--seeds", "8", "--model",
+                               "convnet", "--json", str(jsonl)], args.out, 150),
     ]
     print()
     tests_ok, tests = results[0]

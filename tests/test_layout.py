@@ -78,7 +78,7 @@ def test_the_package_map_names_every_module():
 def test_one_list_of_run_invariant_keys():
     conf = yaml.safe_load((Path(config.CONF_DIR) / "config.yaml").read_text())
     assert sorted(conf["hydra"]["job"]["config"]["override_dirname"]["exclude_keys"]) == sorted(config.NOT_IN_NAMES)
-    assert config.RESUME_MAY_SET == ("data.data_dir", "threads", "trainer.enable_progress_bar", "resume")
+    assert config.RESUME_MAY_SET == ("data.data_dir", "threads", "trainer.enable_progress_bar", "resume", "stack")
     assert set(config.NOT_HPARAMS) >= set(config.RESUME_MAY_SET) | set(config.NOT_IN_NAMES) - {"model"}
     keys = set(config.flat_keys(config.Config))
     assert all(k in keys for k in config.NOT_HPARAMS), "every run-invariant key is a config key"

@@ -160,3 +160,27 @@ def slurm_jobs(submitit_dir) -> list[dict[str, str]]:
             fields = dict(field.split("=", 1) for field in line.split() if "=" in field)
             jobs[fields["JobId"]] = fields
     return [jobs[k] for k in sorted(jobs, key=int)]
+
+
+def test_a_stack_is_one_slurm_job(slurm, tiny_mnist, tmp_path):
+    """stack=2 on hydra/launcher=slurm: two seeds in one Slurm job, each its own Hydra job (folder, number,
+    .hydra/ files with the Slurm job id, sweep.log line)."""
+    sweep = tmp_path / "sweep"
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "trainer=cpu", "seed=0,1", "stack=2",
+           "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}",
+           *overrides, "trainer.max_epochs=1"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "stack=2: 2 jobs in 1 stack, #0, #1" in result.stdout + result.stderr
+    logs = list((sweep / ".submitit").rglob("*_log.out"))
+    assert len(logs) == 1 and "test: test/loss=" in logs[0].read_text()  # one Slurm job trained both
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [r.name for r in runs] == ["0_mlp_seed:0", "1_mlp_seed:1"]
+    for n, run in enumerate(runs):
+        job = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]
+        assert job["num"] == n and str(job["id"]).split("_")[0].isdigit()
+        assert (run / "result.yaml").is_file()
+    ends = (sweep / "sweep.log").read_text().splitlines()
+    assert len(ends) == 2 and all(") finished: test/acc " in line for line in ends), ends

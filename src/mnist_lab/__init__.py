@@ -38,6 +38,7 @@ Parts, by role (one line each; a module's docstring says more):
     runs         a run folder's layout, atomic writes, a sweep folder's record
     sweeps       the resumable sweeper's logic: skip finished jobs, resume interrupted ones
     sweeplog     sweep.log: one line per job (a Hydra callback)
+    stacking     stack=N: a sweep's jobs grouped into stacks, each trained by stack.train_stack as Hydra jobs
     study        the Optuna sweeper's logic: search space, journal, pruning, best.yaml, plots
   pictures and errors
     drawing      every figure, drawn with matplotlib from numpy arrays

@@ -139,6 +139,8 @@ class Config:
     output_dir: str = "${hydra:runtime.output_dir}"  # the run folder
     export: bool = False  # at the end, export the best checkpoint (ONNX, .pt2, TorchScript), checked
     resume: str | None = None  # a run folder: continue that run from its checkpoints/last.ckpt
+    # An MLP member holds about 5 MB (weights, gradients, RMSprop's average), a convnet's about 1.2 MB plus its batch.
+    stack: int = 1  # -m: up to N jobs that differ only in seed and optimizer numbers train as one stack; 1: off
 
 
 def default_threads() -> int:
@@ -186,6 +188,8 @@ def validate(cfg: Any, here: bool = True) -> None:
         bad("trainer.max_epochs", cfg.trainer.max_epochs, "train for at least 1 epoch")
     if cfg.threads is not None and cfg.threads < 1:
         bad("threads", cfg.threads, "use >= 1 CPU threads, or null for the default")
+    if cfg.get("stack", 1) < 1:
+        bad("stack", cfg.stack, "stack up to N >= 1 jobs of a sweep as one model (1: each job alone)")
     for stage in ("train", "val", "test"):
         limit = cfg.trainer.get(f"limit_{stage}_batches")
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int | float)
@@ -265,6 +269,7 @@ RUN_INVARIANT = (
     ("threads", True, True),
     ("trainer.enable_progress_bar", True, True),
     ("resume", True, False),
+    ("stack", True, True),
     ("output_dir", False, True),
     ("logger", False, True),
     ("export", False, False),

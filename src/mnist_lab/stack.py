@@ -54,6 +54,7 @@ from mnist_lab.models import build_model
 from mnist_lab.optim import OPTIMIZERS
 from mnist_lab.provenance import Provenance
 from mnist_lab.runs import RunDir, in_sweep, owning_run, result_metrics, shown
+from mnist_lab.stacking import as_job
 
 
 def build_members(model: dict, seeds: Sequence[int]) -> list[nn.Module]:
@@ -478,7 +479,7 @@ def train_stack(cfgs: Sequence[DictConfig], callbacks: Sequence = ()) -> list[di
     if not todo:
         return results
     check_stackable([cfgs[i] for i in todo])
-    conductor = Conductor()
+    conductor = Conductor({i: cfgs[i] for i in todo})
     members = {i: Member(i, conductor) for i in todo}
     threads = [threading.Thread(target=conductor.member, name=f"stack member {i}", daemon=True,
                                 args=(i, run_member, member_config(cfgs[i]), [*callbacks, members[i]], results))
@@ -577,7 +578,8 @@ class Conductor:
 
     MAIN = -1
 
-    def __init__(self):
+    def __init__(self, jobs: dict[int, DictConfig] | None = None):
+        self.jobs = jobs or {}  # member -> its config: in a sweep's stack, its turns see its own Hydra job
         self.cond = threading.Condition()
         self.turn = self.MAIN
         self.asked: dict[int, int] = {}  # member -> the epoch it waits for
@@ -586,8 +588,9 @@ class Conductor:
         self.signal: int | None = None
 
     def turn_of(self, i: int) -> None:
-        """Main thread: let member i run until it asks for an epoch or its run ends."""
-        with self.cond:
+        """Main thread: let member i run until it asks for an epoch or its run ends, with its own job's
+        HydraConfig where a sweep's stack trains it (its overrides, number, Optuna trial, as a job alone)."""
+        with as_job(self.jobs[i]) if i in self.jobs else contextlib.nullcontext(), self.cond:
             self.turn = i
             self.cond.notify_all()
             self.cond.wait_for(lambda: self.turn == self.MAIN)

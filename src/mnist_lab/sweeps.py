@@ -38,7 +38,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf, open_dict, read_write
 
-from mnist_lab import errors, figures, runs
+from mnist_lab import errors, figures, runs, stacking
 from mnist_lab.config import RESUME_MAY_SET, override_key
 from mnist_lab.errors import ConfigError, DamagedFileError, Interrupted, JobsFailed, MnistLabError, said_alone
 from mnist_lab.runs import saved_overrides
@@ -152,8 +152,13 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
         for n, overrides in batch:
             if states[n] == FINISHED:
                 returns[n] = kept_return(folders[n], overrides)
-        for group in groups(sweeper.launcher, [(n, o) for n, o in batch if states[n] != FINISHED]):
-            for (n, _), ret in zip(group, launch(sweeper.launcher, group), strict=True):
+        todo = [(n, o) for n, o in batch if states[n] != FINISHED]
+        asked = sweeper.config.get("stack", 1) > 1 or any(override_key(o) == "stack" for _, job in todo for o in job)
+        stacks = stacking.plan({n: job_config(sweeper, n, o) for n, o in todo}, todo, folders) if asked else None
+        launches = stacking.launch(sweeper.launcher, stacks, launch, sweeper.train_stack) if stacks else \
+            ((group, launch(sweeper.launcher, group)) for group in groups(sweeper.launcher, todo))
+        for group, returned in launches:
+            for (n, _), ret in zip(group, returned, strict=True):
                 returns[n] = ret
                 if ret.status == JobStatus.FAILED and isinstance(ret._return_value, Interrupted):
                     done = sum(1 for f in folders.values() if runs.finished(f))
@@ -199,6 +204,14 @@ def name_by_what_varies(config: Any, jobs: list[list[str]], saved: tuple[list[st
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.overrides.hydra.append(f"{EXCLUDE_KEYS}=[{','.join(keys)}]")
         config.hydra.job.config.override_dirname.exclude_keys = keys
+
+
+def job_config(sweeper: Any, num: int, overrides: list[str]) -> Any:
+    """Job `num`'s whole config (Hydra's section included), composed as the launcher composes it."""
+    cfg = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, overrides)
+    with open_dict(cfg):
+        cfg.hydra.job.num = cfg.hydra.job.id = num
+    return cfg
 
 
 def job_folder(sweeper: Any, num: int, overrides: list[str]) -> Path:
