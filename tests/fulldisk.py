@@ -90,7 +90,8 @@ def fill(monkeypatch, root, mark, at: str | None = None, code: int = errnos.ENOS
     monkeypatch.setattr(io, "open", io.open)
     _install(root, mark, at, code)
     if at is None:
-        Path(mark).write_text("full")
+        with _real_open(mark, "w") as f:  # not through the full disk, where `mark` is under `root`
+            f.write("full")
 
 
 def free(mark) -> None:

@@ -33,7 +33,7 @@ from hydra.core.hydra_config import HydraConfig
 from mnist_lab import usage
 from mnist_lab.config import chosen_loggers
 from mnist_lab.errors import DamagedFileError
-from mnist_lab.runs import RunDir, atomic_path, find_runs, in_sweep, read_config, shown
+from mnist_lab.runs import RunDir, atomic_path, disk_full, find_runs, free_space, in_sweep, read_config, shown
 
 HISTORY_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
 FIGURES = ("history", "confusion_matrix", "per_class", "mistakes")  # the PNGs draw_now writes into the run folder
@@ -47,9 +47,18 @@ def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
         draw_now(payload)
         return None
     future = pool().submit(draw_now, payload)
-    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and log.error(
-        f"the figures of {run} failed: {f.exception()}; draw them again with python -m mnist_lab.figures {run}"))
+    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and log.error(failed_line(f.exception(), run)))
     return future
+
+
+def failed_line(err: BaseException, run: str) -> str:
+    """The line for a run whose figures a worker failed to draw; a full disk's says so, and that the sweep's command
+    run again draws them (a resumed sweep draws the figures its finished jobs lack)."""
+    full = disk_full(err)
+    if full is not None:
+        return (f"the figures of {shown(run)} were not drawn: {full.strerror} ({free_space(run)} free); free space, "
+                "then run the same command again: it draws them")
+    return f"the figures of {run} failed: {err}; draw them again with python -m mnist_lab.figures {run}"
 
 
 def pool() -> ProcessPoolExecutor:

@@ -266,6 +266,7 @@ def write_failed(path: Path, err: OSError):
     failed = WriteError(f"writing {path.name} into {shown(path.parent)} failed: {reason} "
                         f"({free_space(path.parent)} free there); {kept}")
     failed.path, failed.kept = path, path.exists()
+    failed.errno, failed.strerror = err.errno, reason  # kept where the error is pickled (a figure worker's)
     return failed
 
 
@@ -274,10 +275,12 @@ def write_failed(path: Path, err: OSError):
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; the user's quota exceeded
 
 
-def disk_full(err: BaseException | None) -> OSError | None:
-    """The full disk (or quota) behind `err`, where one is: an OSError with ENOSPC or EDQUOT in its chain of
-    causes (a library may raise another error while handling it: TensorBoard's writer, Lightning's clean-up)."""
-    return next((e for e in _chain(err) if isinstance(e, OSError) and e.errno in DISK_FULL), None)
+def disk_full(err: BaseException | None) -> OSError | WriteError | None:
+    """The full disk (or quota) behind `err`, where one is: an OSError with ENOSPC or EDQUOT (or the WriteError
+    made of one) in its chain of causes (a library may raise another error while handling it: TensorBoard's
+    writer, Lightning's clean-up); it has the errno and strerror."""
+    return next((e for e in _chain(err) if isinstance(e, (OSError, WriteError))
+                 and getattr(e, "errno", None) in DISK_FULL), None)
 
 
 def full_disk_line(err: BaseException, run_dir: str | os.PathLike) -> str:

@@ -1,0 +1,100 @@
+"""A disk that fills at any phase of a run (simulated: tests/fulldisk.py): one line naming it and how to go on, no
+traceback (TensorBoard's writer thread included); once there is space the same run finishes with its whole
+result.yaml, and no scalar is logged twice at one step (read across the run's event files with EventAccumulator)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_lab import runs
+from mnist_lab.console import RunLog
+from mnist_lab.errors import WriteError
+from mnist_lab.train import train
+from tests import fulldisk
+from tests.conftest import run_cli, tiny_overrides
+
+PHASES = {  # where the disk fills: the first file opened for writing whose path matches
+    "tensorboard": r"events\.out\.tfevents",  # TensorBoard's writer thread, as the fit starts
+    "checkpoint": r"last\.ckpt",  # epoch 1's last.ckpt, after its best.ckpt
+    "figures": r"confusion_matrix\.png",  # trained and tested
+    "result": r"result\.yaml",  # trained, tested, figures drawn
+}
+
+
+def one_line(message: str) -> str:
+    assert "\n" not in message and len(message) <= 200, (len(message), message)
+    return message
+
+
+def scalars_twice(run) -> dict[str, list[int]]:
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = {tag: [e.step for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {tag: s for tag, s in steps.items() if any(n > 1 for n in Counter(s).values())}
+
+
+@pytest.mark.parametrize("phase", PHASES)
+def test_a_full_disk_is_one_line_and_the_run_finishes_once_there_is_space(phase, tiny_mnist, tmp_path, make_cfg,
+                                                                          monkeypatch, capfd):
+    run, mark = tmp_path / "run", tmp_path / "full"
+    overrides = tiny_overrides(tiny_mnist, run)
+    fulldisk.fill(monkeypatch, tmp_path, mark, at=PHASES[phase])
+    with pytest.raises(WriteError) as err:
+        train(make_cfg(overrides))
+    assert fulldisk._State.hits  # the disk was full where meant
+    line = one_line(str(err.value))
+    assert re.match(r"^the disk is full \(.* free\): writing .* failed; free space, then (resume: python -m "
+                    rf"mnist_lab\.train resume={re.escape(runs.shown(run))}|run the same command again)$", line), line
+    if phase == "tensorboard":
+        assert "writing TensorBoard's event file failed" in line
+    assert "Traceback" not in capfd.readouterr().err  # the writer thread's error is said once, in the line
+    assert not runs.RunDir(run).result.exists()
+
+    fulldisk.free(mark)
+    again = [*overrides, f"resume={run}"] if "resume=" in line else overrides
+    metrics = train(make_cfg(again))
+    assert runs.finished(run), runs.result_problem(run)  # the whole record: train, val and test metrics
+    assert metrics == {k: v for k, v in runs.result_metrics(run).items() if k.startswith("test/")}
+    assert not scalars_twice(run)
+    if phase == "checkpoint":  # epoch 1's best.ckpt was whole: resume= went on from it, not from the start
+        assert "resuming" in (run / "train.log").read_text() and "checkpoints/best.ckpt" in (run / "train.log").read_text()
+
+
+def test_a_disk_full_from_the_start_is_one_line_and_leaves_no_folder(tiny_mnist, tmp_path):
+    mark = tmp_path / "full"
+    site = fulldisk.sitecustomize(tmp_path / "site", tmp_path / "work", mark)
+    (tmp_path / "work").mkdir()
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    result = run_cli([*overrides, "hydra.run.dir=outputs/run"], cwd=tmp_path / "work", timeout=120,
+                     env={"PYTHONPATH": str(site)})
+    assert result.returncode == 1
+    line = one_line(result.stderr.strip())
+    assert re.match(r"^the disk is full that would hold outputs/run \(.* free\): free space, then run the same "
+                    r"command again$", line), result.stderr
+    assert not (tmp_path / "work" / "outputs").exists()
+
+
+def test_train_log_keeps_the_lines_a_full_disk_refused_and_ends_with_the_last(tmp_path, monkeypatch):
+    mark = tmp_path / "full"
+    handler = RunLog(tmp_path / "train.log")
+    log = logging.getLogger("test_full_disk")
+    log.addHandler(handler)
+    try:
+        log.error("before")
+        fulldisk.fill(monkeypatch, tmp_path, mark)
+        log.error("refused 1")
+        log.error("refused 2")
+        fulldisk.free(mark)  # room again (a failed checkpoint's temporary file removed)
+        log.error("the error line")
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    lines = (tmp_path / "train.log").read_text().splitlines()
+    assert [line.rsplit(" - ", 1)[1] for line in lines] == ["before", "refused 1", "refused 2", "the error line"]
+    assert os.path.getsize(tmp_path / "train.log") == len("\n".join(lines)) + 1
