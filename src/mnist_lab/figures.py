@@ -47,7 +47,8 @@ def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
         draw_now(payload)
         return None
     future = pool().submit(draw_now, payload)
-    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and log.error(failed_line(f.exception(), run)))
+    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception()
+                             and log.error(failed_line(f.exception(), run)))
     return future
 
 

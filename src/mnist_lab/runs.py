@@ -297,12 +297,13 @@ def full_disk_line(err: BaseException, run_dir: str | os.PathLike) -> str:
     failed = next((e for e in _chain(err) if isinstance(e, WriteError) and hasattr(e, "path")), None)
     if failed is not None:
         path, base = Path(os.path.abspath(failed.path)), Path(os.path.abspath(run.path))
-        what = f"{path.relative_to(base) if path.is_relative_to(base) else path.name}{' (the earlier one is kept whole)' if failed.kept else ''}"
+        what = str(path.relative_to(base) if path.is_relative_to(base) else path.name)
+        what += " (the earlier one kept)" if failed.kept else ""
     elif any("tensorboard" in frame.filename for e in _chain(err) for frame in _frames(e)):
         what = "TensorBoard's event file"
     else:
         what = f"into {shown(run.path)}"
-    disk = "the disk is full" if full.errno == errno.ENOSPC else "the disk quota is exceeded"
+    disk = "the disk is full" if full.errno == errno.ENOSPC else "the quota is exceeded"
     return f"{disk} ({free_space(run.path)} free): writing {what} failed; free space, then {again}"
 
 
@@ -347,7 +348,7 @@ def check_space(folder: str | os.PathLike, again: str = "run the same command ag
     except OSError as err:
         if err.errno not in DISK_FULL:
             return  # another problem (no permission, a read-only disk): the run says it where it meets it
-        disk = "the disk is full" if err.errno == errno.ENOSPC else "the disk quota is exceeded"
+        disk = "the disk is full" if err.errno == errno.ENOSPC else "the quota is exceeded"
         raise WriteError(f"{disk} that would hold {shown(target)} ({free_space(folder)} free): free space, then "
                          f"{again}") from None
     finally:

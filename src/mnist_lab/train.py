@@ -39,8 +39,7 @@ from mnist_lab.console import log
 from mnist_lab.errors import LockedError, MnistLabError, NothingToDo
 from mnist_lab.idx import ensure_raw_files
 from mnist_lab.resume import continued, finished
-from mnist_lab.runs import (RunDir, in_sweep, owning_run, result_metrics, said_when_full, shown, write_result,
-                            write_text)
+from mnist_lab.runs import RunDir, in_sweep, owning_run, result_metrics, said_when_full, shown, write_result, write_text
 
 
 def train(cfg: DictConfig, callbacks: Sequence = ()) -> dict[str, float]:
