@@ -283,12 +283,14 @@ def disk_full(err: BaseException | None) -> OSError | WriteError | None:
                  and getattr(e, "errno", None) in DISK_FULL), None)
 
 
-def full_disk_line(err: BaseException, run_dir: str | os.PathLike) -> str:
+def full_disk_line(err: BaseException, run_dir: str | os.PathLike, again: str | None = None) -> str:
     """One line for a run stopped by a full disk: what could not be written, what was kept, and how to go on once
     there is space: the sweep's command again (it resumes the job), resume= where the run kept a config and a
     checkpoint (a run tested but not recorded is tested again from it), else the same command again."""
     full, run = disk_full(err), RunDir(run_dir)
-    if in_sweep():
+    if again is not None:
+        pass
+    elif in_sweep():
         again = "run the same command again (the sweep resumes this job)"
     elif run.config.is_file() and (run.last_ckpt.is_file() or run.best_ckpt.is_file()):
         again = f"resume: python -m mnist_lab.train resume={shown(run.path)}"
@@ -322,15 +324,15 @@ def _frames(err: BaseException) -> list:
 
 
 @contextlib.contextmanager
-def said_when_full(run_dir: str | os.PathLike) -> Iterator[None]:
-    """A full disk (or quota) met anywhere in the block, by any library's write, ends it with one WriteError line
-    (full_disk_line)."""
+def said_when_full(run_dir: str | os.PathLike, again: str | None = None) -> Iterator[None]:
+    """A full disk (or quota) met anywhere in the block, by any library's write (Hydra's record of a sweep's next
+    job too), ends it with one WriteError line (full_disk_line; `again`: how to go on, where not the run's own)."""
     try:
         yield
     except Exception as err:
-        if disk_full(err) is None:
-            raise
-        raise WriteError(full_disk_line(err, run_dir)) from err
+        if disk_full(err) is None or isinstance(err, WriteError) and str(err).startswith(("the disk", "the quota")):
+            raise  # not a full disk, or said already (a run's own line)
+        raise WriteError(full_disk_line(err, run_dir, again)) from err
 
 
 def check_space(folder: str | os.PathLike, again: str = "run the same command again") -> None:

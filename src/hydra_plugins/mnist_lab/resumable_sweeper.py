@@ -12,6 +12,11 @@ class ResumableSweeper(BasicSweeper):
     sweep folder already finished and resumes the interrupted ones."""
 
     def sweep(self, arguments: list[str]) -> Any:
-        from mnist_lab import sweeps
+        from mnist_lab import runs, sweeps
+        from mnist_lab.errors import said_alone
 
-        return sweeps.owned_sweep(self, arguments)
+        with said_alone(), runs.said_when_full(str(self.config.hydra.sweep.dir), FULL_DISK_AGAIN):
+            return sweeps.owned_sweep(self, arguments)
+
+
+FULL_DISK_AGAIN = "run the same command again (finished jobs are kept)"  # a full disk between a sweep's jobs

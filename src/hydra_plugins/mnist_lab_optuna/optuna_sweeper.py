@@ -24,6 +24,8 @@ class OptunaSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         from mnist_lab.errors import said_alone
+        from mnist_lab.runs import said_when_full
 
-        with said_alone():  # a study's error: its line alone
+        # a study's error: its line alone; a full disk between its trials too (the journal keeps the finished ones)
+        with said_alone(), said_when_full(str(self.study.config.hydra.sweep.dir), "run the same command again"):
             self.study.sweep(arguments)
