@@ -99,3 +99,29 @@ def test_train_log_keeps_the_lines_a_full_disk_refused_and_ends_with_the_last(tm
     lines = (tmp_path / "train.log").read_text().splitlines()
     assert [line.rsplit(" - ", 1)[1] for line in lines] == ["before", "refused 1", "refused 2", "the error line"]
     assert os.path.getsize(tmp_path / "train.log") == len("\n".join(lines)) + 1
+
+
+def test_a_sweep_stopped_by_a_full_disk_finishes_with_the_same_command(tiny_mnist, tmp_path):
+    """Job 0's epoch-1 last.ckpt fills the disk: its line, then the sweep's (Hydra cannot write job 1's record);
+    once there is space the same command resumes job 0 from its best.ckpt and runs job 1."""
+    mark, work = tmp_path / "full", tmp_path / "work"
+    work.mkdir()
+    site = fulldisk.sitecustomize(tmp_path / "site", work, mark, at=r"last\.ckpt")
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
+    command = ["-m", *overrides, "seed=0,1", "hydra.sweep.dir=sweep"]
+    result = run_cli(command, cwd=work, env={"PYTHONPATH": str(site)})
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert re.search(r"job 0 \(seed=0\) failed: the disk is full .*free space, then run the same command again "
+                     r"\(the sweep resumes this job\)", result.stdout + result.stderr), result.stdout + result.stderr
+    last = one_line(result.stderr.strip().splitlines()[-1])
+    assert re.match(r"^the disk is full \(.* free\): writing into sweep failed; free space, then run the same command "
+                    r"again \(finished jobs are kept\)$", last), result.stderr
+
+    fulldisk.free(mark)
+    result = run_cli(command, cwd=work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(p for p in (work / "sweep").iterdir() if p.is_dir())
+    assert len(jobs) == 2 and all(runs.finished(job) for job in jobs), [runs.result_problem(j) for j in jobs]
+    assert not any(scalars_twice(job) for job in jobs)
+    assert "resuming from" in result.stdout and "0_mlp_seed:0/checkpoints/best.ckpt" in result.stdout
