@@ -200,4 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mnist_lab.errors import said_alone
+    from mnist_lab.runs import said_when_full
+
+    with said_alone(), said_when_full(".", "run the same command again"):  # a full disk: one line
+        raise SystemExit(main())
