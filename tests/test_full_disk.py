@@ -129,3 +129,28 @@ def test_a_sweep_stopped_by_a_full_disk_finishes_with_the_same_command(tiny_mnis
     assert len(jobs) == 2 and all(runs.finished(job) for job in jobs), [runs.result_problem(j) for j in jobs]
     assert not any(scalars_twice(job) for job in jobs)
     assert "resuming from" in result.stdout and "0_mlp_seed:0/checkpoints/best.ckpt" in result.stdout
+
+
+def test_a_sweep_whose_figures_meet_a_full_disk_ends_non_zero_and_the_same_command_draws_them(tiny_mnist, tmp_path):
+    """The figures of a sweep's job are drawn by a worker process beside the sweep: the disk fills there. Said in
+    one line (no traceback), exit status 1; once there is space the same command draws them, nothing lost."""
+    mark, work = tmp_path / "full", tmp_path / "work"
+    work.mkdir()
+    site = fulldisk.sitecustomize(tmp_path / "site", work, mark, at=r"confusion_matrix\.png")
+    overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith(("output_dir=", "trainer.max"))]
+    command = ["-m", *overrides, "trainer.max_epochs=1", "seed=0", "hydra.sweep.dir=sweep"]
+    result = run_cli(command, cwd=work, env={"PYTHONPATH": str(site)})
+    assert mark.exists()  # the worker filled the disk
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    assert all(len(line) <= 200 for line in result.stderr.strip().splitlines()), result.stderr
+    assert re.search(r"the figures of sweep/0_mlp_\S* were not drawn: No space left on device .*free space, then "
+                     "run the same command again: it draws them", result.stdout + result.stderr), result.stdout
+
+    fulldisk.free(mark)
+    result = run_cli(command, cwd=work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    job = next((work / "sweep").glob("0_mlp_*"))
+    assert runs.finished(job), runs.result_problem(job)
+    assert all((job / f"{name}.png").is_file() for name in ("history", "confusion_matrix", "per_class", "mistakes"))
+    assert not scalars_twice(job)

@@ -106,6 +106,9 @@ class RunLog(logging.FileHandler):
                 with contextlib.suppress(OSError):
                     stream.close()
 
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass  # quiet: the console still shows the run's end
+
     def _ends_whole(self) -> bool:
         with open(self.baseFilename, "rb") as f:
             f.seek(-1, os.SEEK_END)

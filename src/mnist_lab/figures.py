@@ -32,13 +32,14 @@ from hydra.core.hydra_config import HydraConfig
 
 from mnist_lab import usage
 from mnist_lab.config import chosen_loggers
-from mnist_lab.errors import DamagedFileError
+from mnist_lab.errors import DamagedFileError, WriteError
 from mnist_lab.runs import RunDir, atomic_path, disk_full, find_runs, free_space, in_sweep, read_config, shown
 
 HISTORY_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
 FIGURES = ("history", "confusion_matrix", "per_class", "mistakes")  # the PNGs draw_now writes into the run folder
 log = logging.getLogger("mnist_lab")
 _pool: ProcessPoolExecutor | None = None
+not_drawn: list[str] = []  # runs whose figures a worker could not draw for a full disk (said_failed)
 
 
 def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
@@ -47,9 +48,28 @@ def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
         draw_now(payload)
         return None
     future = pool().submit(draw_now, payload)
-    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception()
-                             and log.error(failed_line(f.exception(), run)))
+    future.add_done_callback(lambda f, run=payload["run_dir"]: f.exception() and said_failed(f.exception(), run))
     return future
+
+
+def said_failed(err: BaseException, run: str) -> None:
+    """A worker's failed drawing, in one line; a run whose figures a full disk stopped is kept in `not_drawn`."""
+    if disk_full(err) is not None:
+        not_drawn.append(run)
+    log.error(failed_line(err, run))
+
+
+def all_drawn() -> None:
+    """At a sweep's end: wait for the figures its jobs handed to the workers; WriteError (one line) where a full
+    disk kept some from being drawn (the sweep's command run again draws them)."""
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+    if not_drawn:
+        runs, not_drawn[:] = len(not_drawn), []
+        raise WriteError(f"the figures of {runs} run{'s' if runs > 1 else ''} were not drawn, the disk being full "
+                         f"({free_space(Path.cwd())} free): free space, then run the same command again: it draws them")
 
 
 def failed_line(err: BaseException, run: str) -> str:
