@@ -11,8 +11,8 @@ reporting.RunFigures gathers what the test set gave (numpy arrays, a few hundred
 `draw`. A run on its own draws at once. The jobs of a sweep that Hydra's basic launcher runs one after
 another in one process hand the drawing to worker processes instead (spawned once per sweep, a
 quarter of the cores, at least one): the next job trains meanwhile, and the sweep's process waits for
-the last figures before it exits. A failed drawing is logged with its run folder; the run's metrics
-and checkpoints are not touched by it.
+the last figures before it exits (all_drawn: exit status 1 where a full disk kept some from being drawn). A failed
+drawing is logged with its run folder; the run's metrics and checkpoints are not touched by it.
 """
 
 from __future__ import annotations
