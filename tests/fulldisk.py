@@ -1,14 +1,17 @@
-"""A simulated full disk, for tests: no small filesystem can be mounted where the tests run (no root, no tmpfs).
+"""A simulated full disk, for tests: a small filesystem (tmpfs) can be mounted only as root, and fills where its
+size says, not at the phase a test means; this fills at any phase, in any process of a run.
 
 Python-level file writes under ROOT (builtins.open and io.open: what logging, pathlib, torch.save on a file
 object, numpy, matplotlib, Hydra and TensorBoard's writer use) fail with ENOSPC (or EDQUOT) once the disk is
-"full": from the start, or from the moment a file whose path matches a pattern is opened for writing. The state
-is a marker file outside ROOT, so every process of a run sees it (the figure workers too); removing it gives the
-space back (a disk that filled at `at` does not fill again there). A logging.FileHandler made meanwhile
-(train.log's) writes through it too. Writes that bypass Python's open (os.write on a descriptor, SQLite's) are not.
+"full": from the start, or from the moment a file whose path matches the regular expression `at` is opened for
+writing. The state is a marker file, so every process of a run sees it (the figure workers too); `free(mark)`
+removes it and gives the space back (a disk that filled at `at` does not fill again there). A
+logging.FileHandler made meanwhile (train.log's) writes through it too. Writes that bypass Python's open
+(os.write on a descriptor, SQLite's) are not covered.
 
-In a test's own process: `fill(root, mark, at=...)` (undo with monkeypatch). For a command run as a subprocess:
-`sitecustomize(folder, root, mark, at=...)` writes a sitecustomize.py into `folder`, to put first on PYTHONPATH.
+In a test's own process: `fill(monkeypatch, root, mark, at=...)` (undone with monkeypatch; `refused()` counts the
+writes it refused). For a command run as a subprocess: `sitecustomize(folder, root, mark, at=...)` writes a
+sitecustomize.py into `folder`, to put first on the command's PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -80,6 +83,7 @@ def _install(root, mark, at: str | None, code: int) -> None:
     _State.mark = os.path.abspath(os.fspath(mark))
     _State.at = re.compile(at) if at else None
     _State.code = code
+    _State.hits = 0
     builtins.open = io.open = _open  # logging's FileHandler (train.log) takes builtins.open when it is made
 
 
@@ -92,6 +96,11 @@ def fill(monkeypatch, root, mark, at: str | None = None, code: int = errnos.ENOS
     if at is None:
         with _real_open(mark, "w") as f:  # not through the full disk, where `mark` is under `root`
             f.write("full")
+
+
+def refused() -> int:
+    """How many writes this process refused since it was filled (a test checks the disk was full where meant)."""
+    return _State.hits
 
 
 def free(mark) -> None:
@@ -108,5 +117,6 @@ def sitecustomize(folder, root, mark, at: str | None = None, code: int = errnos.
     (folder / "sitecustomize.py").write_text(
         source + f"\n_install({os.fspath(root)!r}, {os.fspath(mark)!r}, {at!r}, {code})\n")
     if at is None:
-        Path(mark).write_text("full")
+        with _real_open(mark, "w") as f:
+            f.write("full")
     return folder

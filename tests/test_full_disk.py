@@ -4,6 +4,7 @@ result.yaml, and no scalar is logged twice at one step (read across the run's ev
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
@@ -51,7 +52,7 @@ def test_a_full_disk_is_one_line_and_the_run_finishes_once_there_is_space(phase,
     with pytest.raises(WriteError) as err:
         train(make_cfg(overrides))
     assert not printed  # TensorBoard's writer thread's error is said once, in the line
-    assert fulldisk._State.hits  # the disk was full where meant
+    assert fulldisk.refused()  # the disk was full where meant
     line = one_line(str(err.value))
     assert re.match(r"^the disk is full \(.* free\): writing .* failed; free space, then (resume: python -m "
                     rf"mnist_lab\.train resume={re.escape(runs.shown(run))}|run the same command again)$", line), line
@@ -154,3 +155,18 @@ def test_a_sweep_whose_figures_meet_a_full_disk_ends_non_zero_and_the_same_comma
     assert runs.finished(job), runs.result_problem(job)
     assert all((job / f"{name}.png").is_file() for name in ("history", "confusion_matrix", "per_class", "mistakes"))
     assert not scalars_twice(job)
+
+
+def test_a_quota_is_named_as_such_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = runs.RunDir("outputs/runs/2026-11-23_04-18-05-760123")  # as a user's run folder reads
+    run.checkpoints.mkdir(parents=True)
+    (run.path / "config.yaml").write_text("seed: 0\n")
+    run.last_ckpt.write_bytes(b"the earlier one")
+    try:
+        raise runs.write_failed(run.last_ckpt, OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)))
+    except WriteError as err:
+        line = one_line(runs.full_disk_line(err, run.path))
+    resume = re.escape(f"resume: python -m mnist_lab.train resume={runs.shown(run.path)}")
+    assert re.match(rf"^the quota is exceeded \(.* free\): writing checkpoints/last\.ckpt \(the earlier one kept\) "
+                    rf"failed; free space, then {resume}$", line), line
