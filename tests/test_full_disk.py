@@ -129,6 +129,7 @@ def test_a_sweep_stopped_by_a_full_disk_finishes_with_the_same_command(tiny_mnis
     jobs = sorted(p for p in (work / "sweep").iterdir() if p.is_dir())
     assert len(jobs) == 2 and all(runs.finished(job) for job in jobs), [runs.result_problem(j) for j in jobs]
     assert not any(scalars_twice(job) for job in jobs)
+    assert "2 jobs, 0 finished (kept), 1 interrupted" in result.stdout  # job 0: its best.ckpt is whole
     assert "resuming from" in result.stdout and "0_mlp_seed:0/checkpoints/best.ckpt" in result.stdout
 
 

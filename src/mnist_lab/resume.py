@@ -26,7 +26,7 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     if cfg.get("resume"):
         return resumed(cfg)
     run = RunDir(cfg.output_dir)
-    ckpt = restart_checkpoint(run)
+    ckpt = run.restart_checkpoint()
     if (requeued() or in_sweep()) and ckpt is not None:  # the same job again: its config is cfg
         from mnist_lab.module import load_checkpoint  # torch: only where there is a checkpoint to check
 
@@ -44,21 +44,15 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     return cfg, None
 
 
-def restart_checkpoint(run: RunDir) -> Path | None:
-    """The checkpoint a run goes on from: its last.ckpt, or its best.ckpt where that is newer or alone (a full
-    disk refused the last.ckpt of the epoch whose best.ckpt was written); None where it has neither."""
-    saved = [p for p in (run.last_ckpt, run.best_ckpt) if p.is_file()]
-    return max(saved, key=lambda p: p.stat().st_mtime_ns) if saved else None
-
 
 def resumed(cfg: DictConfig) -> tuple[DictConfig, str]:
     """resume=<run>: the run's saved config, with this call's RESUME_MAY_SET values, and its last.ckpt (or a newer
-    best.ckpt: restart_checkpoint)."""
+    best.ckpt: RunDir.restart_checkpoint)."""
     run = RunDir(Path(cfg.resume).expanduser().resolve())
     if not run.config.is_file():
         raise ConfigError(f"resume={cfg.resume}: {shown(run.config)} not found; give the folder of a run started by "
                           "python -m mnist_lab.train (it holds config.yaml and checkpoints/)")
-    ckpt_path = restart_checkpoint(run)
+    ckpt_path = run.restart_checkpoint()
     if ckpt_path is None:
         raise CheckpointError(f"resume={cfg.resume}: {shown(run.last_ckpt)} not found; the run saved no checkpoint "
                               "yet, so start it again instead")

@@ -163,6 +163,12 @@ class RunDir:
         `fix`) where the record is damaged."""
         return list(read_yaml(self.overrides, list, fix)) if self.overrides.is_file() else []
 
+    def restart_checkpoint(self) -> Path | None:
+        """The checkpoint the run goes on from: its last.ckpt, or its best.ckpt where that is newer or alone (a full
+        disk refused the last.ckpt of the epoch whose best.ckpt was written); None where it has neither."""
+        saved = [p for p in (self.last_ckpt, self.best_ckpt) if p.is_file()]
+        return max(saved, key=lambda p: p.stat().st_mtime_ns) if saved else None
+
     def untouched(self) -> bool:
         """Whether the folder holds only what a call writes before its run begins (Hydra's record, the log)."""
         return all(p.name in (HYDRA, LOG) for p in self.path.iterdir())
