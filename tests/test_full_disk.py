@@ -29,6 +29,11 @@ PHASES = {  # where the disk fills: the first file opened for writing whose path
 }
 
 
+def first_on_path(site) -> dict[str, str]:
+    """The environment that puts `site` (fulldisk.sitecustomize's folder) first on a command's PYTHONPATH."""
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)}
+
+
 def one_line(message: str) -> str:
     assert "\n" not in message and len(message) <= 200, (len(message), message)
     return message
@@ -78,7 +83,7 @@ def test_a_disk_full_from_the_start_is_one_line_and_leaves_no_folder(tiny_mnist,
     (tmp_path / "work").mkdir()
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
     result = run_cli([*overrides, "hydra.run.dir=outputs/run"], cwd=tmp_path / "work", timeout=120,
-                     env={"PYTHONPATH": str(site)})
+                     env=first_on_path(site))
     assert result.returncode == 1
     line = one_line(result.stderr.strip())
     assert re.match(r"^the disk is full that would hold outputs/run \(.* free\): free space, then run the same "
@@ -114,7 +119,7 @@ def test_a_sweep_stopped_by_a_full_disk_finishes_with_the_same_command(tiny_mnis
     site = fulldisk.sitecustomize(tmp_path / "site", work, mark, at=r"last\.ckpt")
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
     command = ["-m", *overrides, "seed=0,1", "hydra.sweep.dir=sweep"]
-    result = run_cli(command, cwd=work, env={"PYTHONPATH": str(site)})
+    result = run_cli(command, cwd=work, env=first_on_path(site))
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
     assert re.search(r"job 0 \(seed=0\) failed: the disk is full .*free space, then run the same command again "
@@ -141,7 +146,7 @@ def test_a_sweep_whose_figures_meet_a_full_disk_ends_non_zero_and_the_same_comma
     site = fulldisk.sitecustomize(tmp_path / "site", work, mark, at=r"confusion_matrix\.png")
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith(("output_dir=", "trainer.max"))]
     command = ["-m", *overrides, "trainer.max_epochs=1", "seed=0", "hydra.sweep.dir=sweep"]
-    result = run_cli(command, cwd=work, env={"PYTHONPATH": str(site)})
+    result = run_cli(command, cwd=work, env=first_on_path(site))
     assert mark.exists()  # the worker filled the disk
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
