@@ -40,7 +40,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from mnist_lab.errors import CheckpointError, DamagedFileError, LockedError, WriteError
+from mnist_lab.errors import CheckpointError, DamagedFileError, LockedError, MnistLabError, WriteError
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.txt"
@@ -336,8 +336,9 @@ def said_when_full(run_dir: str | os.PathLike, again: str | None = None) -> Iter
     try:
         yield
     except Exception as err:
-        if disk_full(err) is None or isinstance(err, WriteError) and str(err).startswith(("the disk", "the quota")):
-            raise  # not a full disk, or said already (a run's own line)
+        said = isinstance(err, MnistLabError) and not (isinstance(err, WriteError) and hasattr(err, "path"))
+        if disk_full(err) is None or said:
+            raise  # not a full disk, or said in its own line already (a run's, a data download's)
         raise WriteError(full_disk_line(err, run_dir, again)) from err
 
 
