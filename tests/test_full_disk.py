@@ -14,7 +14,7 @@ from collections import Counter
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_lab import runs
+from mnist_lab import compare, runs
 from mnist_lab.console import RunLog
 from mnist_lab.errors import WriteError
 from mnist_lab.train import train
@@ -67,11 +67,18 @@ def test_a_full_disk_is_one_line_and_the_run_finishes_once_there_is_space(phase,
     assert not runs.RunDir(run).result.exists()
 
     fulldisk.free(mark)
+    if phase == "result":  # a real full disk may cut the event file's last record short
+        events = next(run.glob("events.out.tfevents.*"))
+        with open(events, "ab") as f:
+            f.write(b"\x2a\x00\x00\x00")  # the first bytes of a record's length
+        assert compare.damaged_event_files(run)
     again = [*overrides, f"resume={run}"] if "resume=" in line else overrides
     metrics = train(make_cfg(again))
     assert runs.finished(run), runs.result_problem(run)  # the whole record: train, val and test metrics
     assert metrics == {k: v for k, v in runs.result_metrics(run).items() if k.startswith("test/")}
     assert not scalars_twice(run)
+    assert not compare.damaged_event_files(run)  # a torn record cut off as the run went on, kept beside it:
+    assert len(list(run.glob("events.out.torn.*"))) == (phase == "result")
     if phase == "checkpoint":  # epoch 1's best.ckpt was whole: resume= went on from it, not from the start
         log = (run / "train.log").read_text()
         assert re.search(r"resuming .* from checkpoints/best\.ckpt, saved after step \d+ \(epoch 1\)", log), log

@@ -34,7 +34,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from mnist_lab.config import NOT_HPARAMS, among, chosen_loggers, flatten, override_key
-from mnist_lab.runs import MLRUNS, RunDir, atomic_path, in_sweep, saved_overrides
+from mnist_lab.runs import MLRUNS, RunDir, atomic_path, in_sweep, saved_overrides, write_bytes
 
 METRICS_CSV = ExperimentWriter.NAME_METRICS_FILE  # metrics.csv
 
@@ -254,18 +254,48 @@ class HParams(L.Callback):
 
 def mark_restart(trainer, step: int, earlier_only: bool = False) -> None:
     """SessionLog.START at `step` in the run's TensorBoard events (earlier_only: only where the folder holds an
-    earlier process's event files)."""
+    earlier process's event files), after cutting off the torn last record of an earlier one (cut_torn_events)."""
     from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
     for logger in trainer.loggers:
         if not isinstance(logger, TensorBoardLogger):
             continue
-        mine = f".{os.getpid()}."  # events.out.tfevents.<time>.<host>.<pid>.<n>
-        if earlier_only and not any(mine not in p.name for p in Path(logger.log_dir).glob("events.out.tfevents.*")):
-            continue
         writer = logger.experiment._get_file_writer()
+        mine = Path(getattr(writer.event_writer, "_file_name", "")).name  # this fit's own file
+        earlier = [p for p in Path(logger.log_dir).glob("events.out.tfevents.*") if p.name != mine and p.is_file()]
+        if earlier_only and not earlier:
+            continue
+        for path in earlier:
+            cut_torn_events(path)
         writer.add_event(Event(step=step, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START)))
         writer.flush()
+
+
+def cut_torn_events(path: Path) -> Path | None:
+    """Cut off the end of an earlier process's event file that is no whole record (a write cut short by a full disk
+    or a kill), keeping it beside it as events.out.torn.<...>-<UTC time>, so that readers (compare) find it whole;
+    returns that file, or None where the file ends whole. TensorBoard's record reader tells where records end."""
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+
+    reader, whole = pywrap_tensorflow.PyRecordReader_New(str(path)), 0
+    while True:
+        try:
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            return None
+        except errors.DataLossError as err:
+            if "truncated record" not in err.message:  # damaged inside, not cut short: left for compare to say
+                return None
+            break
+        whole += 16 + len(reader.record())  # length (8), its crc (4), the record, its crc (4)
+    # named without "tfevents": TensorBoard reads every file so named
+    kept = path.with_name(f"{path.name.replace('tfevents', 'torn')}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    with open(path, "rb+") as f:
+        f.seek(whole)
+        write_bytes(kept, f.read())
+        f.truncate(whole)
+    logging.getLogger("mnist_lab").info(f"{path.name} ended in a torn record: cut off, kept as {kept.name}")
+    return kept
 
 
 HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # HPARAMS' metric columns, in this order
