@@ -174,8 +174,8 @@ def test_a_full_disk_keeps_the_earlier_checkpoint_and_resume_continues(tiny_mnis
     with pytest.raises(WriteError) as err:
         train(make_cfg(overrides))
     message = one_line(str(err.value))
-    assert re.match(rf"^writing (best|last)\.ckpt into {RUN}/checkpoints failed: No space left on device "
-                    rf"\(\d.* free there\); the earlier (best|last)\.ckpt is kept whole$", message), message
+    assert re.match(rf"^the disk is full \(\d.* free\): writing checkpoints/(best|last)\.ckpt \(the earlier one kept\) "
+                    rf"failed; free space, then resume: python -m mnist_lab\.train resume={RUN}$", message), message
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no temporary
     last = load_checkpoint(run / "checkpoints" / "last.ckpt")
     assert (last["epoch"], last["global_step"]) == (0, 19)  # the end of epoch 1: 600 images in batches of 32

@@ -2,7 +2,7 @@
 
 A mistake found here costs no run or sweep folder, and each is one line: a misspelled key, a value the typed
 config or Hydra's grammar rejects, a value that cannot work (config.validate), a sweep that cannot work, a
-Slurm that does not answer. This module and what it imports at the top load without torch or Lightning, so
+Slurm that does not answer, a full disk. This module and what it imports at the top load without torch or Lightning, so
 a misspelled key is one line in about a second; config.validate loads torch for the last checks."""
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def check(overrides: list[str], multirun: bool) -> None:
         config.validate(cfg, here=not slurm)  # the GPUs of a Slurm job's node are checked in the job
         # the data too (fetched where missing, once for a whole sweep); the run checks it again, from a cache
         ensure_raw_files(cfg.data.data_dir, download=cfg.data.download, checksums=cfg.data.verify_checksums)
+    runs.check_space(cfg.hydra.sweep.dir if multirun else cfg.hydra.run.dir)  # room for Hydra's record of the call
 
 
 def shared_overrides(overrides: list[str]) -> list[str]:

@@ -69,23 +69,66 @@ class Console(logging.StreamHandler):
 class RunLog(logging.FileHandler):
     """Appends to <run>/train.log, once the run folder exists (a run rejected before it was made leaves none).
 
-    A log is appended, not renamed into place: a failed append keeps what was written before. After a
-    failed write (a full disk) it stays quiet: the console still shows the run's end."""
+    A log is appended, not renamed into place: a failed append keeps what was written before. Lines that a full
+    disk refused are kept (the last PENDING) and written before the next one, once there is room again (a
+    checkpoint's temporary file removed frees some), so the log ends with the run's error line where it can."""
+
+    PENDING = 200
 
     def __init__(self, path: Path):
         super().__init__(path, mode="a", encoding="utf-8", delay=True)
         self.setLevel(logging.INFO)
         self.addFilter(NoTips())
         self.setFormatter(logging.Formatter(FILE_FORMAT))
-        self.failed = False
+        self.pending: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.failed or (self.stream is None and not Path(self.baseFilename).parent.is_dir()):
+        if self.stream is None and not Path(self.baseFilename).parent.is_dir():
             return
-        super().emit(record)
+        try:
+            self.pending = [*self.pending, self.format(record) + self.terminator][-self.PENDING:]
+            self._write()
+        except Exception:
+            self.handleError(record)
+
+    def _write(self) -> None:
+        try:
+            if self.stream is None:
+                self.stream = self._open()
+                if self.stream.tell() and not self._ends_whole():  # a line cut short by the last failure
+                    self.pending.insert(0, self.terminator)
+            while self.pending:
+                self.stream.write(self.pending[0])
+                self.stream.flush()
+                self.pending.pop(0)
+        except OSError:  # a full disk, a quota: tried again with the next line and at close
+            stream, self.stream = self.stream, None
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
     def handleError(self, record: logging.LogRecord) -> None:
-        self.failed = True
+        pass  # quiet: the console still shows the run's end
+
+    def _ends_whole(self) -> bool:
+        with open(self.baseFilename, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"\n"
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            super().flush()
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if self.pending and Path(self.baseFilename).parent.is_dir():
+                self._write()
+            with contextlib.suppress(OSError):
+                super().close()
+            self.stream = None
+        finally:
+            self.release()
 
 
 @contextlib.contextmanager

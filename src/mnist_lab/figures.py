@@ -14,8 +14,8 @@ reporting.RunFigures gathers what the test set gave (numpy arrays, a few hundred
 another in one process hand the drawing to worker processes instead (spawned once per sweep, a
 quarter of the cores, at least one): the next job trains meanwhile, and the sweep's process waits for
 the last figures before it exits (a Ctrl-C or SIGTERM meanwhile ends the workers: the sweep's command
-draws what they had not). A failed drawing is logged with its run folder; the run's metrics
-and checkpoints are not touched by it.
+draws what they had not; all_drawn: exit status 1 where a full disk kept some from being drawn). A failed
+drawing is logged with its run folder; the run's metrics and checkpoints are not touched by it.
 """
 
 from __future__ import annotations
@@ -36,14 +36,25 @@ from hydra.core.hydra_config import HydraConfig
 
 from mnist_lab import usage
 from mnist_lab.config import chosen_loggers
-from mnist_lab.errors import DamagedFileError, Interrupted, Stopped, stopping
-from mnist_lab.runs import RunDir, atomic_path, clear_stale_temps, find_runs, in_sweep, read_config, shown
+from mnist_lab.errors import DamagedFileError, Interrupted, Stopped, WriteError, stopping
+from mnist_lab.runs import (
+    RunDir,
+    atomic_path,
+    clear_stale_temps,
+    disk_full,
+    find_runs,
+    free_space,
+    in_sweep,
+    read_config,
+    shown,
+)
 
 HISTORY_TAGS = ("train/loss", "train/acc", "val/loss", "val/acc")
 FIGURES = ("history", "confusion_matrix", "per_class", "mistakes")  # the PNGs draw_now writes into the run folder
 log = logging.getLogger("mnist_lab")
 _pool: ProcessPoolExecutor | None = None
 _ended = False  # the workers were ended before they finished (end_workers): their futures say nothing
+not_drawn: list[str] = []  # runs whose figures a worker could not draw for a full disk (said_if_failed)
 
 
 def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
@@ -57,11 +68,37 @@ def draw(payload: dict[str, Any], background: bool = False) -> Future | None:
 
 
 def said_if_failed(future: Future, run: str) -> None:
-    """A drawing's failure, in one line; none for one the sweep ended (end_workers): it says so itself."""
+    """A drawing's failure, in one line; none for one the sweep ended (end_workers): it says so itself. A run
+    whose figures a full disk stopped is kept in `not_drawn`."""
     if _ended or future.cancelled() or future.exception() is None:
         return
-    log.error(f"the figures of {run} failed: {future.exception()}; draw them again with python -m mnist_lab.figures "
-              f"{run}")
+    err = future.exception()
+    if disk_full(err) is not None:
+        not_drawn.append(run)
+    log.error(failed_line(err, run))
+
+
+def all_drawn() -> None:
+    """At a sweep's end: wait for the figures its jobs handed to the workers; WriteError (one line) where a full
+    disk kept some from being drawn (the sweep's command run again draws them)."""
+    global _pool
+    if _pool is not None:
+        _pool.shutdown(wait=True)
+        _pool = None
+    if not_drawn:
+        runs, not_drawn[:] = len(not_drawn), []
+        raise WriteError(f"the figures of {runs} run{'s' if runs > 1 else ''} were not drawn, the disk being full "
+                         f"({free_space(Path.cwd())} free): free space, then run the same command again: it draws them")
+
+
+def failed_line(err: BaseException, run: str) -> str:
+    """The line for a run whose figures a worker failed to draw; a full disk's says so, and that the sweep's command
+    run again draws them (a resumed sweep draws the figures its finished jobs lack)."""
+    full = disk_full(err)
+    if full is not None:
+        return (f"the figures of {shown(run)} were not drawn: {full.strerror} ({free_space(run)} free); free space, "
+                "then run the same command again: it draws them")
+    return f"the figures of {run} failed: {err}; draw them again with python -m mnist_lab.figures {run}"
 
 
 def pool() -> ProcessPoolExecutor:
@@ -263,4 +300,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from mnist_lab.errors import said_alone
+    from mnist_lab.runs import said_when_full
+
+    with said_alone(), said_when_full(".", "run the same command again"):  # a full disk: one line
+        raise SystemExit(main())

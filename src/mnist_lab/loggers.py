@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 from mnist_lab.config import NOT_HPARAMS, among, chosen_loggers, flatten, override_key
-from mnist_lab.runs import MLRUNS, RunDir, atomic_path, in_sweep, saved_overrides
+from mnist_lab.runs import MLRUNS, RunDir, atomic_path, in_sweep, saved_overrides, write_bytes
 
 METRICS_CSV = ExperimentWriter.NAME_METRICS_FILE  # metrics.csv
 
@@ -52,10 +53,27 @@ def build_loggers(chosen: Mapping, run: RunDir) -> list:
 
 class RunTensorBoardLogger(TensorBoardLogger):
     """Lightning's TensorBoardLogger without the `epoch` scalar Lightning adds to every logging call: in
-    TensorBoard it is a chart of its own, first in the Scalars tab, plotting the epoch against the step."""
+    TensorBoard it is a chart of its own, first in the Scalars tab, plotting the epoch against the step. Its
+    writer thread's failures (a full disk) print no traceback: the writer raises them again in the run's own
+    thread, at its next write, where the run says them in one line."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if threading.excepthook is not _quiet_writer_thread:
+            _quiet_writer_thread.previous = threading.excepthook
+            threading.excepthook = _quiet_writer_thread
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
+
+
+def _quiet_writer_thread(args) -> None:
+    """threading.excepthook: TensorBoard's event writer thread's OSError goes unprinted (RunTensorBoardLogger)."""
+    if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
+        _quiet_writer_thread.previous(args)
+
+
+_quiet_writer_thread.previous = threading.excepthook
 
 
 class RunMLFlowLogger(MLFlowLogger):
@@ -203,10 +221,17 @@ class HParams(L.Callback):
     TensorBoard's HPARAMS tab gets them through its own summary API (Lightning's passes booleans as
     numbers, and registers the metric columns by logging placeholder values at step 0): the keys that
     tell runs apart first (tensorboard_hparams), booleans and strings as such, and as metric columns
-    the run's own val/ and test/ scalars (their last values); whole numbers as text, to read as typed."""
+    the run's own val/ and test/ scalars (their last values); whole numbers as text, to read as typed.
+
+    A fit that starts again where an earlier one of the run logged (resume=, a sweep's job again, after a full
+    disk or a kill) writes TensorBoard's mark of a restart (SessionLog.START) at the step it starts from: its
+    readers then drop what the earlier try logged from that step on, so no step is there twice."""
 
     def on_fit_start(self, trainer, module) -> None:
         config = module.hparams.get("config")
+        self.restarted = trainer.ckpt_path is not None
+        if not self.restarted and trainer.is_global_zero:  # again from the start, where others logged
+            mark_restart(trainer, 0, earlier_only=True)
         if not config or trainer.ckpt_path is not None:
             return
         for logger in trainer.loggers:
@@ -216,6 +241,61 @@ class HParams(L.Callback):
                     write_tensorboard_hparams(logger, config, swept_keys(config))
             else:  # CSV (hparams.yaml), MLflow (params): what TensorBoard's HPARAMS shows
                 logger.log_hyperparams(tensorboard_hparams(config, swept_keys(config))[0])
+
+
+    def on_train_start(self, trainer, module) -> None:
+        if self.restarted and trainer.is_global_zero:  # the checkpoint's step is restored by now
+            mark_restart(trainer, trainer.global_step)
+
+    def on_test_start(self, trainer, module) -> None:
+        if getattr(self, "restarted", False) and trainer.is_global_zero:  # its test again (restarted after fit)
+            mark_restart(trainer, trainer.global_step)
+
+
+def mark_restart(trainer, step: int, earlier_only: bool = False) -> None:
+    """SessionLog.START at `step` in the run's TensorBoard events (earlier_only: only where the folder holds an
+    earlier process's event files), after cutting off the torn last record of an earlier one (cut_torn_events)."""
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            continue
+        writer = logger.experiment._get_file_writer()
+        mine = Path(getattr(writer.event_writer, "_file_name", "")).name  # this fit's own file
+        earlier = [p for p in Path(logger.log_dir).glob("events.out.tfevents.*") if p.name != mine and p.is_file()]
+        if earlier_only and not earlier:
+            continue
+        for path in earlier:
+            cut_torn_events(path)
+        writer.add_event(Event(step=step, wall_time=time.time(), session_log=SessionLog(status=SessionLog.START)))
+        writer.flush()
+
+
+def cut_torn_events(path: Path) -> Path | None:
+    """Cut off the end of an earlier process's event file that is no whole record (a write cut short by a full disk
+    or a kill), keeping it beside it as events.out.torn.<...>-<UTC time>, so that readers (compare) find it whole;
+    returns that file, or None where the file ends whole. TensorBoard's record reader tells where records end."""
+    from tensorboard.compat.tensorflow_stub import errors, pywrap_tensorflow
+
+    reader, whole = pywrap_tensorflow.PyRecordReader_New(str(path)), 0
+    while True:
+        try:
+            reader.GetNext()
+        except errors.OutOfRangeError:
+            return None
+        except errors.DataLossError as err:
+            if "truncated record" not in err.message:  # damaged inside, not cut short: left for compare to say
+                return None
+            break
+        whole += 16 + len(reader.record())  # length (8), its crc (4), the record, its crc (4)
+    # named without "tfevents": TensorBoard reads every file so named
+    kept = path.with_name(f"{path.name.replace('tfevents', 'torn')}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}")
+    with open(path, "rb+") as f:
+        f.seek(whole)
+        write_bytes(kept, f.read())
+        f.truncate(whole)
+    logging.getLogger("mnist_lab").info(f"{path.name} ended in a torn record: cut off, kept as {kept.name}")
+    return kept
 
 
 HPARAM_METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")  # HPARAMS' metric columns, in this order

@@ -18,7 +18,7 @@ from mnist_lab import figures, study
 from mnist_lab.console import log
 from mnist_lab.data import MEAN, STD
 from mnist_lab.errors import ObjectiveError
-from mnist_lab.runs import RunDir
+from mnist_lab.runs import RunDir, disk_full
 
 
 class EpochTime(L.Callback):
@@ -134,11 +134,13 @@ class RunFigures(L.Callback):
     per_class.png, mistakes.png, and the logger images test/predictions (the first 32 test digits,
     predicted (true), mistakes in red) and test/confusion_matrix. Gathers the test set's predictions
     as numpy arrays, keeps them in the run folder (test_outputs.npz, for `python -m mnist_lab.figures`)
-    and draws: at once, or beside the next job of a sweep run in this process.
+    and draws: at once, or beside the next job of a sweep run in this process. A full disk on the way is kept
+    in `failed`, for train() to say after the test's line (and not to record the run: its re-run tests again).
     """
 
     def __init__(self, run_dir: Path, chosen: Mapping | None = None, n: int = 32, normalized: bool = True):
         self.run, self.chosen, self.n = RunDir(run_dir), dict(chosen or {}), n  # chosen: the logger config
+        self.failed: Exception | None = None
         self.mean, self.std = (MEAN, STD) if normalized else (0.0, 1.0)  # to undo data.normalize
 
     def on_test_epoch_start(self, trainer, module) -> None:
@@ -175,8 +177,13 @@ class RunFigures(L.Callback):
             "probs": torch.cat(self.probs).numpy(), "wrong_images": torch.cat(self.wrong_images).numpy(),
             "wrong_index": torch.cat(self.wrong_index).numpy(), "confusion": confusion.numpy(),
         }
-        figures.keep_payload(payload)
-        figures.draw(payload, background=trainer.world_size == 1 and figures.in_sweep_process())
+        try:
+            figures.keep_payload(payload)
+            figures.draw(payload, background=trainer.world_size == 1 and figures.in_sweep_process())
+        except Exception as err:
+            if disk_full(err) is None:
+                raise
+            self.failed = err
 
 
 def study_callbacks(run_dir: Path, chosen: Mapping | None = None) -> list[L.Callback]:

@@ -26,30 +26,34 @@ def continued(cfg: DictConfig) -> tuple[DictConfig, str | None]:
     if cfg.get("resume"):
         return resumed(cfg)
     run = RunDir(cfg.output_dir)
-    if (requeued() or in_sweep()) and run.last_ckpt.is_file():  # the same job again: its config is cfg
+    ckpt = run.restart_checkpoint()
+    if (requeued() or in_sweep()) and ckpt is not None:  # the same job again: its config is cfg
         from mnist_lab.module import load_checkpoint  # torch: only where there is a checkpoint to check
 
         if in_sweep():  # a resumed sweep: the same overrides (sweeps.py checked), but conf/ may have changed
             check_unchanged(cfg, run)
         try:
-            load_checkpoint(run.last_ckpt, model_name=cfg.model.name)
+            load_checkpoint(ckpt, model_name=cfg.model.name)
         except CheckpointError:  # damaged (a kill mid-write on a filesystem without atomic rename)
             if not in_sweep():
                 raise
-            runs.set_aside(run.last_ckpt, "no checkpoint this job can resume from")
+            runs.set_aside(ckpt, "no checkpoint this job can resume from")
             return cfg, None
-        log.info(f"{'requeued job' if requeued() else 'resumed sweep'}: resuming from {run.last_ckpt}")
-        return cfg, str(run.last_ckpt)
+        log.info(f"{'requeued job' if requeued() else 'resumed sweep'}: resuming from {ckpt}")
+        return cfg, str(ckpt)
     return cfg, None
 
 
+
 def resumed(cfg: DictConfig) -> tuple[DictConfig, str]:
-    """resume=<run>: the run's saved config, with this call's RESUME_MAY_SET values, and its last.ckpt."""
+    """resume=<run>: the run's saved config, with this call's RESUME_MAY_SET values, and its last.ckpt (or a newer
+    best.ckpt: RunDir.restart_checkpoint)."""
     run = RunDir(Path(cfg.resume).expanduser().resolve())
     if not run.config.is_file():
         raise ConfigError(f"resume={cfg.resume}: {shown(run.config)} not found; give the folder of a run started by "
                           "python -m mnist_lab.train (it holds config.yaml and checkpoints/)")
-    if not run.last_ckpt.is_file():
+    ckpt_path = run.restart_checkpoint()
+    if ckpt_path is None:
         raise CheckpointError(f"resume={cfg.resume}: {shown(run.last_ckpt)} not found; the run saved no checkpoint "
                               "yet, so start it again instead")
     saved = saved_config(run, f"resume={cfg.resume}")
@@ -63,10 +67,10 @@ def resumed(cfg: DictConfig) -> tuple[DictConfig, str]:
         raise ConfigError(f"resume={cfg.resume}: in its config.yaml, {err}") from None
     from mnist_lab.module import load_checkpoint  # torch: once the checks that need none have passed
 
-    ckpt = load_checkpoint(run.last_ckpt, model_name=saved.model.name)
-    log.info(f"resuming {shown(run.path)} from {run.last_ckpt.relative_to(run.path)}, saved after step "
+    ckpt = load_checkpoint(ckpt_path, model_name=saved.model.name)
+    log.info(f"resuming {shown(run.path)} from {ckpt_path.relative_to(run.path)}, saved after step "
              f"{ckpt.get('global_step', 0)} (epoch {ckpt.get('epoch', 0) + 1})")
-    return saved, str(run.last_ckpt)
+    return saved, str(ckpt_path)
 
 
 def finished(run_dir: str | os.PathLike) -> str | None:

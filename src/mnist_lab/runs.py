@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from mnist_lab.errors import CheckpointError, DamagedFileError, LockedError, WriteError
+from mnist_lab.errors import CheckpointError, DamagedFileError, LockedError, MnistLabError, WriteError
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.txt"
@@ -162,6 +163,12 @@ class RunDir:
         `fix`) where the record is damaged."""
         return list(read_yaml(self.overrides, list, fix)) if self.overrides.is_file() else []
 
+    def restart_checkpoint(self) -> Path | None:
+        """The checkpoint the run goes on from: its last.ckpt, or its best.ckpt where that is newer or alone (a full
+        disk refused the last.ckpt of the epoch whose best.ckpt was written); None where it has neither."""
+        saved = [p for p in (self.last_ckpt, self.best_ckpt) if p.is_file()]
+        return max(saved, key=lambda p: p.stat().st_mtime_ns) if saved else None
+
     def untouched(self) -> bool:
         """Whether the folder holds only what a call writes before its run begins (Hydra's record, the log)."""
         return all(p.name in (HYDRA, LOG) for p in self.path.iterdir())
@@ -281,8 +288,99 @@ def write_failed(path: Path, err: OSError):
     """The WriteError for `path`, whose write failed with `err`."""
     reason = err.strerror or type(err).__name__  # e.g. "No space left on device", "Disk quota exceeded"
     kept = f"the earlier {path.name} is kept whole" if path.exists() else f"no {path.name} was written"
-    return WriteError(f"writing {path.name} into {shown(path.parent)} failed: {reason} "
-                      f"({free_space(path.parent)} free there); {kept}")
+    failed = WriteError(f"writing {path.name} into {shown(path.parent)} failed: {reason} "
+                        f"({free_space(path.parent)} free there); {kept}")
+    failed.path, failed.kept = path, path.exists()
+    failed.errno, failed.strerror = err.errno, reason  # kept where the error is pickled (a figure worker's)
+    return failed
+
+
+# A full disk ---------------------------------------------------------------------------------------------------
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; the user's quota exceeded
+
+
+def disk_full(err: BaseException | None) -> OSError | WriteError | None:
+    """The full disk (or quota) behind `err`, where one is: an OSError with ENOSPC or EDQUOT (or the WriteError
+    made of one) in its chain of causes (a library may raise another error while handling it: TensorBoard's
+    writer, Lightning's clean-up); it has the errno and strerror."""
+    return next((e for e in _chain(err) if isinstance(e, (OSError, WriteError))
+                 and getattr(e, "errno", None) in DISK_FULL), None)
+
+
+def full_disk_line(err: BaseException, run_dir: str | os.PathLike, again: str | None = None) -> str:
+    """One line for a run stopped by a full disk: what could not be written, what was kept, and how to go on once
+    there is space: the sweep's command again (it resumes the job), resume= where the run kept a config and a
+    checkpoint (a run tested but not recorded is tested again from it), else the same command again."""
+    full, run = disk_full(err), RunDir(run_dir)
+    if again is not None:
+        pass
+    elif in_sweep():
+        again = "run the same command again (the sweep resumes this job)"
+    elif run.config.is_file() and (run.last_ckpt.is_file() or run.best_ckpt.is_file()):
+        again = f"resume: python -m mnist_lab.train resume={shown(run.path)}"
+    else:
+        again = "run the same command again"
+    failed = next((e for e in _chain(err) if isinstance(e, WriteError) and hasattr(e, "path")), None)
+    if failed is not None:
+        path, base = Path(os.path.abspath(failed.path)), Path(os.path.abspath(run.path))
+        what = str(path.relative_to(base) if path.is_relative_to(base) else path.name)
+        what += " (the earlier one kept)" if failed.kept else ""
+    elif any("tensorboard" in frame.filename for e in _chain(err) for frame in _frames(e)):
+        what = "TensorBoard's event file"
+    else:
+        what = f"into {shown(run.path)}"
+    disk = "the disk is full" if full.errno == errno.ENOSPC else "the quota is exceeded"
+    return f"{disk} ({free_space(run.path)} free): writing {what} failed; free space, then {again}"
+
+
+def _chain(err: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def _frames(err: BaseException) -> list:
+    import traceback
+
+    return traceback.extract_tb(err.__traceback__)
+
+
+@contextlib.contextmanager
+def said_when_full(run_dir: str | os.PathLike, again: str | None = None) -> Iterator[None]:
+    """A full disk (or quota) met anywhere in the block, by any library's write (Hydra's record of a sweep's next
+    job too), ends it with one WriteError line (full_disk_line; `again`: how to go on, where not the run's own)."""
+    try:
+        yield
+    except Exception as err:
+        said = isinstance(err, MnistLabError) and not (isinstance(err, WriteError) and hasattr(err, "path"))
+        if disk_full(err) is None or said:
+            raise  # not a full disk, or said in its own line already (a run's, a data download's)
+        raise WriteError(full_disk_line(err, run_dir, again)) from err
+
+
+def check_space(folder: str | os.PathLike, again: str = "run the same command again") -> None:
+    """WriteError (one line) where the disk that would hold `folder` has no room for what a run writes before its
+    own code starts (Hydra's record of the call, about 10 KB): written and removed in its first existing folder."""
+    target = folder = Path(folder).absolute()
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    probe = folder / f".space-check-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(64 * 1024))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            return  # another problem (no permission, a read-only disk): the run says it where it meets it
+        disk = "the disk is full" if err.errno == errno.ENOSPC else "the quota is exceeded"
+        raise WriteError(f"{disk} that would hold {shown(target)} ({free_space(folder)} free): free space, then "
+                         f"{again}") from None
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def write_result(run: RunDir, metrics: dict[str, float], finished: str) -> None:

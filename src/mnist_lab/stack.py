@@ -525,7 +525,8 @@ def run_member(cfg: DictConfig, callbacks: Sequence) -> dict[str, float]:
     """train(cfg, callbacks) in a member's thread: its train.log keeps its own thread's lines."""
     from mnist_lab.train import _train  # train's own steps; train.py imports Hydra's app (not this module)
 
-    with console.recorded(cfg.output_dir, this_thread=True), owning_run(cfg.output_dir):
+    with (console.recorded(cfg.output_dir, this_thread=True), runs.said_when_full(cfg.output_dir),
+          owning_run(cfg.output_dir)):  # a full disk: the member's one line, as a run's
         runs.clear_stale_temps(cfg.output_dir)  # what a process killed mid-write left
         return _train(cfg, callbacks, {"release": lambda: None})  # signals: the stack's (forwarded_signals)
 

@@ -145,7 +145,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
                 log.warning(f"\t#{n} : {runs.shown(runs.RunDir(folders[n]).result)} is not a whole record "
                             f"({runs.result_problem(folders[n])}): {again}")
             elif state == INTERRUPTED:
-                log.info(f"\t#{n} : interrupted, resumes from {runs.RunDir(folders[n]).last_ckpt}")
+                log.info(f"\t#{n} : interrupted, resumes from {runs.RunDir(folders[n]).restart_checkpoint()}")
 
     returns: dict[int, JobReturn] = {}
     for batch in jobs:
@@ -275,7 +275,7 @@ def job_state(folder: Path) -> str:
     run = runs.RunDir(folder)
     if runs.finished(folder):
         return FINISHED
-    if run.last_ckpt.is_file():
+    if run.restart_checkpoint() is not None:  # its last.ckpt, or a best.ckpt a full disk left alone
         return INTERRUPTED
     return NEW
 

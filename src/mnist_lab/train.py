@@ -39,7 +39,7 @@ from mnist_lab.console import log
 from mnist_lab.errors import Interrupted, LockedError, MnistLabError, NothingToDo, Stopped, stopping
 from mnist_lab.idx import ensure_raw_files
 from mnist_lab.resume import continued, finished
-from mnist_lab.runs import RunDir, in_sweep, owning_run, result_metrics, shown, write_result, write_text
+from mnist_lab.runs import RunDir, in_sweep, owning_run, result_metrics, said_when_full, shown, write_result, write_text
 
 PHASES = {"sanity_check": "during the sanity check", "train": "during training", "validate": "during validation",
           "test": "during the test"}  # Lightning's RunningStage values, as a stop's line says them
@@ -56,7 +56,8 @@ def train(cfg: DictConfig, callbacks: Sequence = ()) -> dict[str, float]:
     run_dir = resume if resume is not None and RunDir(resume).config.is_file() else Path(cfg.output_dir)
     first = console.rank_zero() and int(os.environ.get("NODE_RANK") or 0) == 0  # one process holds the run folder
     at: dict = {}  # the run's trainer, once built: where a signal found it
-    with console.recorded(run_dir, rank_zero=console.rank_zero()), owning_run(run_dir, take=first):
+    with (console.recorded(run_dir, rank_zero=console.rank_zero()),
+          said_when_full(run_dir), owning_run(run_dir, take=first)):  # a full disk anywhere: one line
         if first:  # the run's owner: no other process writes into it
             runs.clear_stale_temps(run_dir)  # what a process killed mid-write left (.best.ckpt.tmp-<pid>)
         try:
@@ -103,7 +104,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, at: dict) -> dict[str, float]:
     from mnist_lab import provenance
     from mnist_lab.assemble import build_run, describe_device
     from mnist_lab.models import build_model, summary
-    from mnist_lab.reporting import FitRecord
+    from mnist_lab.reporting import FitRecord, RunFigures
 
     run = RunDir(cfg.output_dir)
     at["run"] = run.path
@@ -134,6 +135,8 @@ def _train(cfg: DictConfig, callbacks: Sequence, at: dict) -> dict[str, float]:
     results = trainer.test(module, datamodule=datamodule, ckpt_path=test_ckpt, verbose=False, weights_only=True)[0]
     metrics = {k: float(v) for k, v in results.items() if k.startswith("test/")}
     log.info("test: " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()) + f"  ({shown(run.path)})")
+    if failed := next((c.failed for c in trainer.callbacks if isinstance(c, RunFigures) and c.failed), None):
+        raise failed  # the figures met a full disk: the run is not recorded, so its re-run tests again
     if cfg.export and trainer.is_global_zero:
         from mnist_lab.export import export  # ONNX and friends load only when asked
 

@@ -19,6 +19,13 @@ class ResumableSweeper(BasicSweeper):
         return train_stack(cfgs)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from mnist_lab import sweeps
+        from mnist_lab import figures, runs, sweeps
+        from mnist_lab.errors import said_alone
 
-        return sweeps.owned_sweep(self, arguments)
+        with said_alone(), runs.said_when_full(str(self.config.hydra.sweep.dir), FULL_DISK_AGAIN):
+            returns = sweeps.owned_sweep(self, arguments)
+            figures.all_drawn()  # exit status 1 where a full disk kept a job's figures from being drawn
+            return returns
+
+
+FULL_DISK_AGAIN = "run the same command again (finished jobs are kept)"  # a full disk between a sweep's jobs

@@ -25,7 +25,11 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from mnist_lab import figures
         from mnist_lab.errors import said_alone
+        from mnist_lab.runs import said_when_full
 
         again = f"draw the rest with python -m mnist_lab.figures {self.study.sweep_dir}"
-        with said_alone(), figures.drawn_at_the_end(again):  # a study's error: its line alone
-            self.study.sweep(arguments)
+        # a study's error: its line alone; a full disk between its trials too (the journal keeps the finished ones)
+        with said_alone(), said_when_full(str(self.study.config.hydra.sweep.dir), "run the same command again"):
+            with figures.drawn_at_the_end(again):
+                self.study.sweep(arguments)
+            figures.all_drawn()  # exit status 1 where a full disk kept a trial's figures from being drawn
