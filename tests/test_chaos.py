@@ -1,0 +1,320 @@
+"""Chaos: a sweep and an Optuna study stopped by SIGKILL, SIGTERM or SIGINT in every phase of a job, started a
+second time while they run, their journal torn, then run again with the same command until it exits 0. They end
+with the results an undisturbed run gives, each once, and nothing left behind: no temporary file, lock or process.
+
+The signals come at seeded moments, triggered by phase: HOOK, a sitecustomize put on the PYTHONPATH of the
+commands (and so of their figure workers), makes the process signal itself as it enters the named phase of a job
+(the figure worker signals the sweep it draws for). Nothing of it is in the package.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_lab import runs, study
+from tests.conftest import make_mnist, tiny_overrides
+
+HOOK = '''
+"""Test-only (tests/test_chaos.py): MNIST_LAB_CHAOS=<phase>,<signal>,<skip>,<mark file> makes this process send
+<signal> to itself as it enters <phase> in the (skip+1)-th job that reaches that phase in this process; a figure
+worker sends it to the sweep it draws for. Once per command: the first process to create <mark file> fires."""
+import os
+
+PLAN = os.environ.get("MNIST_LAB_CHAOS")
+
+if PLAN:
+    import contextlib
+    import importlib.abc
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    PHASE, SIGNAL, SKIP, MARK = PLAN.split(",", 3)
+    seen = []  # the jobs (run folder names) that reached PHASE in this process, in order
+
+    def reached(phase, job):
+        if phase != PHASE:
+            return
+        if job not in seen:
+            seen.append(job)
+        if seen.index(job) < int(SKIP):
+            return
+        try:
+            fd = os.open(MARK, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:  # fired already, by this process or its figure worker
+            return
+        os.write(fd, f"{phase},{SIGNAL},{job}".encode())
+        os.close(fd)
+        import multiprocessing
+
+        worker = multiprocessing.parent_process() is not None
+        os.kill(os.getppid() if worker else os.getpid(), getattr(signal, SIGNAL))
+        if worker and SIGNAL == "SIGKILL":
+            time.sleep(5)  # ended here, with its sweep (the parent-death signal), half-way through a file
+
+    def patch_runs(runs):
+        original = runs.atomic_path
+
+        @contextlib.contextmanager
+        def atomic_path(path, commit=True):
+            with original(path, commit) as tmp:
+                yield tmp
+                path = Path(path)  # written under the temporary name, not yet renamed into place
+                phase = {".ckpt": "checkpoint", ".png": "figures"}.get(path.suffix)
+                if phase:
+                    reached(phase, runs.RunDir.holding(path).path.name)
+
+        runs.atomic_path = atomic_path
+
+    def patch_assemble(assemble):
+        import lightning as L
+
+        class Chaos(L.Callback):
+            def __init__(self, job):
+                self.job = job
+
+            def setup(self, trainer, module, stage):
+                if stage == "fit":
+                    reached("start-up", self.job)
+
+            def on_sanity_check_start(self, trainer, module):
+                reached("sanity check", self.job)
+
+            def on_train_batch_end(self, trainer, module, *args):
+                reached("training", self.job)
+
+            def on_validation_batch_start(self, trainer, module, *args):
+                if not trainer.sanity_checking:
+                    reached("validation", self.job)
+
+            def on_test_batch_start(self, trainer, module, *args):
+                reached("test", self.job)
+
+        original = assemble.build_trainer
+
+        def build_trainer(cfg, run, trainer_args, plan, extra=()):
+            return original(cfg, run, trainer_args, plan, [*extra, Chaos(run.path.name)])
+
+        assemble.build_trainer = build_trainer
+
+    PATCHES = {"mnist_lab.runs": patch_runs, "mnist_lab.assemble": patch_assemble}
+
+    class Patcher(importlib.abc.MetaPathFinder):
+        """Patches a module of PATCHES as soon as it is imported."""
+
+        def find_spec(self, name, path, target=None):
+            if name not in PATCHES:
+                return None
+            for finder in sys.meta_path:
+                spec = None if finder is self else finder.find_spec(name, path, target)
+                if spec is not None:
+                    break
+            else:
+                return None
+            run = spec.loader.exec_module
+
+            def exec_module(module):
+                run(module)
+                PATCHES[name](module)
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, Patcher())
+'''
+
+PHASES = ("start-up", "sanity check", "training", "validation", "checkpoint", "test", "figures")
+SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT")
+TAG = "MNIST_LAB_CHAOS_TAG"  # in the environment of every process a command starts: how leftovers are found
+
+
+def plan(seed: int) -> list[tuple[str, str, int]]:
+    """(phase, signal, jobs to let pass in that phase) for each stop: every phase once, every signal at least twice.
+    The figures come last: their worker starts slowly, so the jobs left may all finish before it signals."""
+    rng = random.Random(seed)
+    phases = [*rng.sample(PHASES[:-1], len(PHASES) - 1), "figures"]
+    signals = rng.sample(SIGNALS * 3, len(PHASES))
+    return [(p, s, int(rng.random() < 0.3)) for p, s in zip(phases, signals, strict=True)]
+
+
+class Commands:
+    """Runs one command again and again, with the hook's phase and signal, its output kept in files."""
+
+    def __init__(self, cmd: list[str], cwd: Path, hook: Path):
+        self.cmd, self.cwd, self.tag = cmd, cwd, uuid.uuid4().hex
+        self.env = {**os.environ, "PYTHONWARNINGS": "ignore", TAG: self.tag,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
+        self.n, self.fired, self.codes, self.left = 0, [], [], []
+
+    def start(self, chaos: tuple[str, str, int] | None = None) -> subprocess.Popen:
+        self.n += 1
+        env = dict(self.env)
+        if chaos is not None:
+            env["MNIST_LAB_CHAOS"] = ",".join(map(str, [*chaos, self.cwd / f"fired-{self.n}"]))
+        out = open(self.cwd / f"out-{self.n}.txt", "w")  # noqa: SIM115 (closed by finish)
+        proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        proc.out = out
+        return proc
+
+    def finish(self, proc: subprocess.Popen, timeout: float = 120) -> int:
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = "hung"
+        proc.out.close()
+        fired = self.cwd / f"fired-{self.n}"
+        self.fired.append(fired.read_text().split(",") if fired.is_file() else None)
+        self.codes.append(code)
+        self.left += leftovers(self.tag)
+        return code
+
+    def run(self, chaos: tuple[str, str, int] | None = None) -> int:
+        return self.finish(self.start(chaos))
+
+    def output(self, n: int | None = None) -> str:
+        return (self.cwd / f"out-{n or self.n}.txt").read_text()
+
+    def until_done(self, tries: int = 3) -> None:
+        for _ in range(tries):
+            if self.run() == 0:
+                return
+        pytest.fail(f"still not done after {tries} runs: {self.output()[-3000:]}")
+
+    def story(self) -> str:
+        return "; ".join(f"{f or 'nothing fired'} -> {c}" for f, c in zip(self.fired, self.codes, strict=True))
+
+
+def leftovers(tag: str, wait: float = 10) -> list[str]:
+    """The processes still alive that a command started (their environment holds `tag`), after `wait` seconds at
+    most; killed, so that the next command starts clean."""
+    deadline = time.time() + wait
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and f"{TAG}={tag}".encode() in (proc / "environ").read_bytes():
+                    found.append((int(proc.name), (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+            except OSError:
+                continue
+        if not found or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    for pid, _ in found:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return [f"pid {pid}: {cmd[:120]}" for pid, cmd in found]
+
+
+def left_behind(folder: Path) -> list[str]:
+    """Temporary files and locks under `folder`."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp" in p.name or ".lock" in p.name
+                  or ".stale-" in p.name)
+
+
+def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar a run logged, as (step, value) per tag, read across all its event files, none dropped (a
+    restart's orphaned steps included: TensorBoard hides them by default)."""
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def repeated(logged: dict[str, list[tuple[int, float]]]) -> dict[str, list[int]]:
+    return {tag: steps for tag, values in logged.items()
+            if (steps := [s for s, n in collections.Counter(s for s, _ in values).items() if n > 1])}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_mnist(tmp_path_factory.mktemp("chaos_data"), n_train=300, n_test=100)
+
+
+@pytest.fixture
+def hook(tmp_path) -> Path:
+    folder = tmp_path / "hook"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(HOOK)
+    return folder
+
+
+def quick(data: Path) -> list[str]:
+    """tiny_overrides on 200 training images: 4 training_steps of 2 batches an epoch, 2 epochs."""
+    return [o for o in tiny_overrides(data, Path()) if not o.startswith("output_dir=")] + ["fast.steps=2"]
+
+
+def double_submit(proc: subprocess.Popen, commands: Commands, lock: Path) -> subprocess.CompletedProcess | None:
+    """The same command again while `proc` holds `lock`, paused (SIGSTOP) however long the second takes to
+    start; None where `proc` ended before (stopped by the hook)."""
+    deadline = time.time() + 120
+    while not lock.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        while proc.poll() is None and Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            time.sleep(0.01)
+        if proc.poll() is not None:
+            return None
+        second = subprocess.run(commands.cmd, cwd=commands.cwd, capture_output=True, text=True, timeout=120,
+                                env=commands.env)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert second.returncode != 0, second.stdout[-3000:]
+    assert f"is in use by pid {proc.pid} on " in second.stderr.splitlines()[0], second.stderr[-2000:]
+    return second
+
+
+def test_a_sweep_stopped_in_every_phase_ends_as_an_undisturbed_one(data, hook, tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "model=mlp,convnet", "seed=0,1,2,3", *quick(data)]
+    twin = subprocess.run([*cmd, f"hydra.sweep.dir={tmp_path / 'twin'}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert twin.returncode == 0, twin.stdout[-3000:]
+    commands = Commands([*cmd, f"hydra.sweep.dir={sweep}"], tmp_path, hook)
+
+    second = None
+    for i, chaos in enumerate(plan(seed=22)):
+        proc = commands.start(chaos)
+        if i >= 2 and second is None:  # a double submit, once: the second copy stops at once, naming the first
+            second = double_submit(proc, commands, sweep / runs.LOCK)
+        commands.finish(proc)
+    commands.until_done()
+    story = commands.story()
+
+    assert second is not None, story
+    assert {f[0] for f in commands.fired if f} == set(PHASES), story  # the stops happened where planned
+    assert "hung" not in commands.codes, story
+    assert not commands.left, commands.left
+    jobs = sorted(runs.find_runs(sweep))
+    assert [p.name for p in jobs] == sorted(p.name for p in runs.find_runs(tmp_path / "twin"))
+    assert len(list(sweep.glob(f"*/{runs.RESULT}"))) == 8
+    for job in jobs:
+        assert runs.result_metrics(job) == runs.result_metrics(tmp_path / "twin" / job.name), (job.name, story)
+        logged = scalars(job)
+        assert not repeated(logged), (job.name, repeated(logged), story)
+        whole = scalars(tmp_path / "twin" / job.name)
+        assert {t: [s for s, _ in v] for t, v in logged.items()} == {t: [s for s, _ in v] for t, v in whole.items()}
+    assert not left_behind(sweep), (left_behind(sweep), story)
+    lines = (sweep / runs.SWEEP_LOG).read_text().splitlines()
+    finished = collections.Counter(int(m[1]) for line in lines if (m := re.search(r"\] job (\d+) \(.*\) finished: ",
+                                                                                    line)))
+    assert finished == {n: 1 for n in range(8)}, lines
