@@ -145,13 +145,14 @@ SIGNALS = ("SIGKILL", "SIGTERM", "SIGINT")
 TAG = "MNIST_LAB_CHAOS_TAG"  # in the environment of every process a command starts: how leftovers are found
 
 
-def plan(seed: int) -> list[tuple[str, str, int]]:
-    """(phase, signal, jobs to let pass in that phase) for each stop: every phase once, every signal at least twice.
-    The figures come last: their worker starts slowly, so the jobs left may all finish before it signals."""
+def plan(seed: int, n: int = len(PHASES)) -> list[tuple[str, str, int]]:
+    """(phase, signal, jobs to let pass in that phase) for each of n stops: n-1 phases of a job's own and then the
+    figures (their worker starts slowly: the jobs left may all finish before it signals), every signal at least
+    n // 3 times; the first stop lets 0 or 1 jobs pass, the others none (few jobs may be left)."""
     rng = random.Random(seed)
-    phases = [*rng.sample(PHASES[:-1], len(PHASES) - 1), "figures"]
-    signals = rng.sample(SIGNALS * 3, len(PHASES))
-    return [(p, s, int(rng.random() < 0.3)) for p, s in zip(phases, signals, strict=True)]
+    phases = [*rng.sample(PHASES[:-1], n - 1), "figures"]
+    signals = rng.sample([*SIGNALS * (n // 3), *rng.sample(SIGNALS, n % 3)], n)
+    return [(p, s, rng.choice((0, 1)) if i == 0 else 0) for i, (p, s) in enumerate(zip(phases, signals, strict=True))]
 
 
 class Commands:
@@ -188,6 +189,10 @@ class Commands:
         self.left += leftovers(self.tag)
         return code
 
+    def close(self) -> None:
+        """Whatever is left of the commands, killed (a test that failed half-way)."""
+        leftovers(self.tag, wait=0)
+
     def run(self, chaos: tuple[str, str, int] | None = None) -> int:
         return self.finish(self.start(chaos))
 
@@ -220,7 +225,7 @@ def leftovers(tag: str, wait: float = 10) -> list[str]:
             break
         time.sleep(0.2)
     for pid, _ in found:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # gone meanwhile
             os.kill(pid, signal.SIGKILL)
     return [f"pid {pid}: {cmd[:120]}" for pid, cmd in found]
 
@@ -250,11 +255,15 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def hook(tmp_path) -> Path:
-    folder = tmp_path / "hook"
-    folder.mkdir()
-    (folder / "sitecustomize.py").write_text(HOOK)
-    return folder
+def repeated_commands(tmp_path):
+    """commands(cmd) -> Commands running `cmd` in tmp_path with HOOK; what they leave running is killed at the end."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOOK)
+    made: list[Commands] = []
+    yield lambda cmd: made.append(Commands(cmd, tmp_path, hook)) or made[-1]
+    for c in made:
+        c.close()
 
 
 def quick(data: Path) -> list[str]:
@@ -266,8 +275,8 @@ def double_submit(proc: subprocess.Popen, commands: Commands, lock: Path) -> sub
     """The same command again while `proc` holds `lock`, paused (SIGSTOP) however long the second takes to
     start; None where `proc` ended before (stopped by the hook)."""
     deadline = time.time() + 120
-    while not lock.is_file() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    while (runs.read_holder(lock) or {}).get("pid") != proc.pid and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)  # (a lock file of a killed copy may be there: stale)
     proc.send_signal(signal.SIGSTOP)
     try:
         while proc.poll() is None and Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
@@ -283,25 +292,31 @@ def double_submit(proc: subprocess.Popen, commands: Commands, lock: Path) -> sub
     return second
 
 
-def test_a_sweep_stopped_in_every_phase_ends_as_an_undisturbed_one(data, hook, tmp_path):
+def test_a_sweep_stopped_in_every_phase_ends_as_an_undisturbed_one(data, repeated_commands, tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "model=mlp,convnet", "seed=0,1,2,3", *quick(data)]
-    twin = subprocess.run([*cmd, f"hydra.sweep.dir={tmp_path / 'twin'}"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    assert twin.returncode == 0, twin.stdout[-3000:]
-    commands = Commands([*cmd, f"hydra.sweep.dir={sweep}"], tmp_path, hook)
-
-    second = None
-    for i, chaos in enumerate(plan(seed=22)):
-        proc = commands.start(chaos)
-        if i >= 2 and second is None:  # a double submit, once: the second copy stops at once, naming the first
-            second = double_submit(proc, commands, sweep / runs.LOCK)
-        commands.finish(proc)
-    commands.until_done()
+    commands = repeated_commands([*cmd, f"hydra.sweep.dir={sweep}"])
+    stops = plan(seed=45)
+    assert {p for p, _, _ in stops} == set(PHASES) and {s for _, s, _ in stops} == set(SIGNALS)
+    # the undisturbed twin, beside the first stops (CI has two cores)
+    with open(tmp_path / "twin.txt", "w") as out:
+        twin = subprocess.Popen([*cmd, f"hydra.sweep.dir={tmp_path / 'twin'}"], cwd=tmp_path, stdout=out,
+                                stderr=subprocess.STDOUT, env={**commands.env, TAG: f"twin-{commands.tag}"})
+    try:
+        second = None
+        for i, chaos in enumerate(stops):
+            proc = commands.start(chaos)
+            if i >= 2 and second is None:  # a double submit, once: the second copy stops at once, naming the first
+                second = double_submit(proc, commands, sweep / runs.LOCK)
+            commands.finish(proc)
+        commands.until_done()
+        assert twin.wait(timeout=300) == 0, (tmp_path / "twin.txt").read_text()[-3000:]
+    finally:
+        twin.kill()
     story = commands.story()
 
     assert second is not None, story
-    assert {f[0] for f in commands.fired if f} == set(PHASES), story  # the stops happened where planned
+    assert [f[:2] if f else None for f in commands.fired[:len(stops)]] == [list(p[:2]) for p in stops], story
     assert "hung" not in commands.codes, story
     assert not commands.left, commands.left
     jobs = sorted(runs.find_runs(sweep))
@@ -318,3 +333,81 @@ def test_a_sweep_stopped_in_every_phase_ends_as_an_undisturbed_one(data, hook, t
     finished = collections.Counter(int(m[1]) for line in lines if (m := re.search(r"\] job (\d+) \(.*\) finished: ",
                                                                                     line)))
     assert finished == {n: 1 for n in range(8)}, lines
+
+
+def tear(journal: Path) -> bytes:
+    """Cut the journal's last record in the middle, as a crash or a full disk mid-append leaves it; returns the piece
+    left of it."""
+    whole = journal.read_bytes()
+    last = whole[:-1].rsplit(b"\n", 1)[-1] + b"\n"
+    journal.write_bytes(whole[:len(whole) - len(last) // 2])
+    return whole[len(whole) - len(last):len(whole) - len(last) // 2]
+
+
+def test_a_study_stopped_in_every_phase_ends_with_its_trials(data, repeated_commands, tmp_path):
+    sweep = tmp_path / "study"
+    journal = sweep / study.JOURNAL
+    # 1e-7 learns nothing: pruned after epoch 1 once a trial finished; 3e-3 learns (test_study.py)
+    cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/sweeper=optuna", f"hydra.sweep.dir={sweep}",
+           "hydra.sweeper.n_trials=5", "hydra.sweeper.sampler.seed=8", "hydra.sweeper.pruner.n_startup_trials=1",
+           "optimizer.lr=choice(1e-7,3e-3)", *quick(data)]
+    commands = repeated_commands(cmd)
+    second, torn = None, None
+    stops = plan(seed=5, n=4)
+    assert {s for _, s, _ in stops} == set(SIGNALS)
+    for i, chaos in enumerate(stops):
+        proc = commands.start(chaos)
+        if i >= 2 and second is None:
+            second = double_submit(proc, commands, Path(f"{journal}.study.lock"))
+        commands.finish(proc)
+        if torn is None and chaos[1] == "SIGKILL" and journal.is_file():  # killed mid-append, once
+            torn = tear(journal)
+    commands.until_done()
+    story = commands.story()
+
+    assert second is not None and torn is not None, story
+    assert [f[:2] if f else None for f in commands.fired[:len(stops)]] == [list(p[:2]) for p in stops], story
+    assert "hung" not in commands.codes, story
+    assert not commands.left, commands.left
+    trials = optuna.load_study(study_name="mnist_lab", storage=study.open_storage(str(journal))).trials
+    states = collections.Counter(t.state for t in trials)
+    assert states[TrialState.COMPLETE] + states[TrialState.PRUNED] == 5, (states, story)  # exactly n_trials
+    assert not states[TrialState.RUNNING] and not states[TrialState.WAITING], (states, story)
+    (kept,) = sweep.glob(f"{study.JOURNAL}.torn-*")
+    assert kept.read_bytes() == torn
+    assert not left_behind(sweep), (left_behind(sweep), story)
+    ended = collections.Counter()
+    for line in (sweep / runs.SWEEP_LOG).read_text().splitlines():
+        if m := re.search(r"\] job (\d+) \(.*\) (finished|pruned): ", line):
+            ended[int(m[1]), m[2]] += 1
+    assert ended == {(t.number, "finished" if t.state == TrialState.COMPLETE else "pruned"): 1 for t in trials
+                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED)}, (ended, story)
+    for t in trials:
+        run = Path(t.user_attrs.get("run", ""))
+        if run.is_dir():
+            assert not repeated(scalars(run)), (run.name, story)
+        if t.state == TrialState.COMPLETE:
+            assert runs.finished(run), run
+    assert yaml.safe_load((sweep / "best.yaml").read_text())["trials"]["finished"] == states[TrialState.COMPLETE]
+
+
+def test_a_signal_during_the_last_validation_stops_before_the_test(data, tmp_path, make_cfg, ctrl_c):
+    import lightning as L
+
+    from mnist_lab.errors import Interrupted
+    from mnist_lab.train import train
+
+    class Signal(L.Callback):
+        def on_validation_end(self, trainer, module):
+            if not trainer.sanity_checking and trainer.current_epoch == trainer.max_epochs - 1:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    whole = train(make_cfg(tiny_overrides(data, tmp_path / "whole")))
+    out = tmp_path / "run"
+    overrides = tiny_overrides(data, out)
+    with pytest.raises(Interrupted, match=r"^SIGINT received: stopped after step \d+ \(at the end of epoch 2\) and "
+                                          r"saved checkpoints/last.ckpt"):
+        train(make_cfg(overrides), callbacks=[Signal()])
+    assert not (out / runs.RESULT).exists() and not list(out.glob("*.png"))  # not tested
+    assert train(make_cfg([*overrides, f"resume={out}"])) == whole
+    assert runs.result_metrics(out) == runs.result_metrics(tmp_path / "whole")
