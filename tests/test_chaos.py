@@ -237,9 +237,10 @@ def left_behind(folder: Path) -> list[str]:
 
 
 def scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar a run logged, as (step, value) per tag, read across all its event files, none dropped (a
-    restart's orphaned steps included: TensorBoard hides them by default)."""
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+    """Every scalar of a run, as (step, value) per tag, read across all its event files as TensorBoard reads them
+    (what a stopped process logged after the checkpoint its run resumed from is dropped where the run marked its
+    restart)."""
+    events = EventAccumulator(str(run), size_guidance={"scalars": 0})
     events.Reload()
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
@@ -411,3 +412,27 @@ def test_a_signal_during_the_last_validation_stops_before_the_test(data, tmp_pat
     assert not (out / runs.RESULT).exists() and not list(out.glob("*.png"))  # not tested
     assert train(make_cfg([*overrides, f"resume={out}"])) == whole
     assert runs.result_metrics(out) == runs.result_metrics(tmp_path / "whole")
+
+
+def test_a_resumed_run_shows_each_epoch_once_in_tensorboard(data, tmp_path, make_cfg):
+    # a process that dies after logging epoch 2's validation but before its checkpoint: the resumed run
+    # logs epoch 2 again, and TensorBoard's reader must show it once
+    import lightning as L
+
+    from mnist_lab.train import train
+
+    class Dies(L.Callback):
+        def on_save_checkpoint(self, trainer, module, checkpoint):
+            if trainer.current_epoch == 1:
+                raise RuntimeError("died")
+
+    train(make_cfg(tiny_overrides(data, tmp_path / "whole")))
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="died"):
+        train(make_cfg(tiny_overrides(data, out)), callbacks=[Dies()])
+    train(make_cfg([*tiny_overrides(data, out), f"resume={out}"]))
+    logged = scalars(out)
+    assert not repeated(logged), repeated(logged)
+    assert logged.keys() == scalars(tmp_path / "whole").keys()
+    for tag, values in scalars(tmp_path / "whole").items():
+        assert [s for s, _ in logged[tag]] == [s for s, _ in values], tag
