@@ -258,6 +258,18 @@ def atomic_path(path: str | os.PathLike, commit: bool = True) -> Iterator[Path]:
             tmp.unlink(missing_ok=True)
 
 
+def clear_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (atomic_path's `.<name>.tmp-<pid>`) under `folder` that a process killed
+    mid-write left (SIGKILL, a lost node): those whose pid is gone on this host. Returns what it removed."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not alive(int(pid)) and tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def write_failed(path: Path, err: OSError):
     """The WriteError for `path`, whose write failed with `err`."""
     reason = err.strerror or type(err).__name__  # e.g. "No space left on device", "Disk quota exceeded"
@@ -573,6 +585,21 @@ def owning_run(run_dir: str | os.PathLike, take: bool = True) -> contextlib.Abst
     if not take:
         return contextlib.nullcontext()
     return owned(Path(run_dir) / LOCK, "run", run_dir, "resume it (resume=<that folder>, or its sweep again)")
+
+
+def clear_abandoned(run_dir: str | os.PathLike) -> None:
+    """What a process killed while it ran `run_dir` left there, where no run takes the folder again (a trial that a
+    stopped study recorded as failed): its lock, once stale (taken over and released), and its temporary files. A
+    folder another live process holds is left alone."""
+    lock = Lock(Path(run_dir) / LOCK, f"run {shown(run_dir)}")
+    try:
+        lock.acquire()
+    except Held:
+        return
+    try:
+        clear_stale_temps(run_dir)
+    finally:
+        lock.release()
 
 
 # Files of a run or sweep read back, checked ----------------------------------------------------------------------
