@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_lab import runs, study
+from mnist_lab.figures import missing
 from tests.conftest import make_mnist, tiny_overrides
 
 HOOK = '''
@@ -160,9 +161,10 @@ class Commands:
 
     def __init__(self, cmd: list[str], cwd: Path, hook: Path):
         self.cmd, self.cwd, self.tag = cmd, cwd, uuid.uuid4().hex
+        self.done = lambda: False  # whether the command's work is all done (set by the test)
         self.env = {**os.environ, "PYTHONWARNINGS": "ignore", TAG: self.tag,
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")]))}
-        self.n, self.fired, self.codes, self.left = 0, [], [], []
+        self.n, self.fired, self.codes, self.left, self.unfinished = 0, [], [], [], []
 
     def start(self, chaos: tuple[str, str, int] | None = None) -> subprocess.Popen:
         self.n += 1
@@ -187,6 +189,8 @@ class Commands:
         self.fired.append(fired.read_text().split(",") if fired.is_file() else None)
         self.codes.append(code)
         self.left += leftovers(self.tag)
+        if code == 0 and not self.done():
+            self.unfinished.append(self.n)  # exit status 0 with work left undone
         return code
 
     def close(self) -> None:
@@ -298,6 +302,8 @@ def test_a_sweep_stopped_in_every_phase_ends_as_an_undisturbed_one(data, repeate
     cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "model=mlp,convnet", "seed=0,1,2,3", *quick(data)]
     commands = repeated_commands([*cmd, f"hydra.sweep.dir={sweep}"])
     stops = plan(seed=45)
+    commands.done = lambda: (len(list(sweep.glob(f"*/{runs.RESULT}"))) == 8
+                             and not any(missing(r.parent) for r in sweep.glob(f"*/{runs.RESULT}")))
     assert {p for p, _, _ in stops} == set(PHASES) and {s for _, s, _ in stops} == set(SIGNALS)
     # the undisturbed twin, beside the first stops (CI has two cores)
     with open(tmp_path / "twin.txt", "w") as out:
@@ -319,6 +325,7 @@ def test_a_sweep_stopped_in_every_phase_ends_as_an_undisturbed_one(data, repeate
     assert second is not None, story
     assert [f[:2] if f else None for f in commands.fired[:len(stops)]] == [list(p[:2]) for p in stops], story
     assert "hung" not in commands.codes, story
+    assert not commands.unfinished, story  # each stopped command said so in its exit status
     assert not commands.left, commands.left
     jobs = sorted(runs.find_runs(sweep))
     assert [p.name for p in jobs] == sorted(p.name for p in runs.find_runs(tmp_path / "twin"))
@@ -355,6 +362,14 @@ def test_a_study_stopped_in_every_phase_ends_with_its_trials(data, repeated_comm
     commands = repeated_commands(cmd)
     second, torn = None, None
     stops = plan(seed=5, n=4)
+
+    def done() -> bool:
+        if not journal.is_file():
+            return False
+        states = [t.state for t in optuna.load_study(study_name="mnist_lab",
+                                                     storage=study.open_storage(str(journal))).trials]
+        return states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == 5
+    commands.done = done
     assert {s for _, s, _ in stops} == set(SIGNALS)
     for i, chaos in enumerate(stops):
         proc = commands.start(chaos)
@@ -369,6 +384,7 @@ def test_a_study_stopped_in_every_phase_ends_with_its_trials(data, repeated_comm
     assert second is not None and torn is not None, story
     assert [f[:2] if f else None for f in commands.fired[:len(stops)]] == [list(p[:2]) for p in stops], story
     assert "hung" not in commands.codes, story
+    assert not commands.unfinished, story
     assert not commands.left, commands.left
     trials = optuna.load_study(study_name="mnist_lab", storage=study.open_storage(str(journal))).trials
     states = collections.Counter(t.state for t in trials)
