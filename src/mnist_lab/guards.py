@@ -92,7 +92,8 @@ class GracefulInterrupt(L.Callback):
 
     During an epoch's last training step the epoch is finished first (validation, its metrics and
     checkpoints) and the run stops as the next epoch starts: Lightning, resuming from a checkpoint
-    saved after an epoch's last step, counts the epoch as done and never validates it.
+    saved after an epoch's last step, counts the epoch as done and never validates it. After the last
+    epoch (a signal during its validation or checkpoint) it stops as training ends, before the test.
 
     A second Ctrl-C stops at once, saving nothing more, and says what there is to resume from. Under DDP
     Lightning's own SIGTERM handling is left in place (the ranks must agree on where to stop). A signal the
@@ -149,6 +150,8 @@ class GracefulInterrupt(L.Callback):
         )
 
     def on_train_end(self, trainer, module) -> None:
+        if self.received is not None:  # came after the last epoch's last step: its last.ckpt is written
+            self.stop(trainer, f"at the end of epoch {trainer.current_epoch}", save=False)
         self._restore()
 
     def on_exception(self, trainer, module, exception) -> None:

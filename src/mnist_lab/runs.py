@@ -692,6 +692,21 @@ def owning_run(run_dir: str | os.PathLike, take: bool = True) -> contextlib.Abst
     return owned(Path(run_dir) / LOCK, "run", run_dir, "resume it (resume=<that folder>, or its sweep again)")
 
 
+def clear_abandoned(run_dir: str | os.PathLike) -> None:
+    """What a process killed while it ran `run_dir` left there, where no run takes the folder again (a trial that a
+    stopped study recorded as failed): its lock, once stale (taken over and released), and its temporary files. A
+    folder another live process holds is left alone."""
+    lock = Lock(Path(run_dir) / LOCK, f"run {shown(run_dir)}")
+    try:
+        lock.acquire()
+    except Held:
+        return
+    try:
+        clear_stale_temps(run_dir)
+    finally:
+        lock.release()
+
+
 # Files of a run or sweep read back, checked ----------------------------------------------------------------------
 
 def read_yaml(path: str | os.PathLike, kind: type = dict, fix: str = "restore it, or move the run aside") -> Any:

@@ -45,7 +45,7 @@ from hydra.errors import HydraException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from mnist_lab import config, sweeps
+from mnist_lab import config, runs, sweeps
 from mnist_lab.config import flatten
 from mnist_lab.errors import ConfigError, Interrupted, ObjectiveError, Stopped, StudyError
 from mnist_lab.runs import RunDir, cut_torn_tail, owned, write_text
@@ -403,6 +403,11 @@ class StudySweep:
             frozen = study.tell(trial, state=TrialState.FAIL)
             if "run" in frozen.user_attrs:
                 write_record(Path(frozen.user_attrs["run"]), frozen, self.metric)
+            # no run takes its folder again: what its killed process left there goes (trials are <number>_...)
+            folders = [Path(frozen.user_attrs["run"])] if "run" in frozen.user_attrs else \
+                sorted(p for p in self.sweep_dir.glob(f"{frozen.number}_*") if p.is_dir())
+            for folder in folders:
+                runs.clear_abandoned(folder)
             log.warning(f"trial {frozen.number} was left running by a stopped sweep: recorded as failed")
 
     def run(self, study: optuna.Study, space: dict[str, Any], fixed: list[str]) -> None:
