@@ -29,9 +29,7 @@ from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import CSVLogger, MLFlowLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
-from lightning.pytorch.trainer.states import TrainerFn
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
@@ -243,18 +241,6 @@ class HParams(L.Callback):
                     write_tensorboard_hparams(logger, config, swept_keys(config))
             else:  # CSV (hparams.yaml), MLflow (params): what TensorBoard's HPARAMS shows
                 logger.log_hyperparams(tensorboard_hparams(config, swept_keys(config))[0])
-
-    def on_load_checkpoint(self, trainer, module, checkpoint) -> None:
-        """A fit resumed from a checkpoint: TensorBoard's own mark of a restart at the checkpoint's step (a
-        SessionLog START, as SummaryWriter's purge_step writes it), so that what the stopped process logged after
-        that checkpoint, and the resumed run logs again, reads once (TensorBoard's reader drops the older)."""
-        if trainer.state.fn != TrainerFn.FITTING or not trainer.is_global_zero:  # (testing loads best.ckpt)
-            return
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                writer = logger.experiment._get_file_writer()
-                writer.add_event(Event(step=checkpoint["global_step"], session_log=SessionLog(status=SessionLog.START)))
-
 
     def on_train_start(self, trainer, module) -> None:
         if self.restarted and trainer.is_global_zero:  # the checkpoint's step is restored by now
