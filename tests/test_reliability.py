@@ -217,6 +217,32 @@ def test_a_signal_outside_the_training_loop_is_one_line(tiny_mnist, tmp_path, ta
                                       "runs; the same command draws them again")
 
 
+SIGNAL_ON_IMPORT = """
+import os, runpy, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a foreground command's, where pytest runs in the background
+sig = getattr(signal, sys.argv[1])
+class Signalled:  # sends the signal as the command's libraries load: its first import of omegaconf
+    def find_spec(self, name, path=None, target=None):
+        if name == "omegaconf":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), sig)
+        return None
+sys.meta_path.insert(0, Signalled())
+sys.argv = ["mnist_lab.train", *sys.argv[2:]]
+runpy.run_module("mnist_lab.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_command_loads_is_one_line(tmp_path, sig):
+    """Before the command's own checks, while its libraries import: the same line as at its checks, no traceback."""
+    result = subprocess.run([sys.executable, "-c", SIGNAL_ON_IMPORT, sig, "trainer=cpu"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert said_alone(result) == (f"{sig} received while starting: stopped before the run began, nothing written; "
+                                  "run the command again")
+    assert not any(tmp_path.iterdir())
+
+
 @pytest.mark.parametrize("target, sig, expected", [
     ("mnist_lab.provenance.collect", signal.SIGTERM,
      "SIGTERM received while starting: stopped before the first checkpoint: nothing to resume; run the command again"),

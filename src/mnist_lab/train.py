@@ -21,14 +21,27 @@ Torch and Lightning load only once the config and the data files passed their ch
 line in about a second.
 """
 
+# ruff: noqa: E402  (the imports after the start-up signal handlers below)
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+
+def _while_loading(signum: int, frame: object) -> None:
+    sys.exit(f"{signal.Signals(signum).name} received while starting: stopped before the run began, nothing written; "
+             "run the command again")
+
+
+if __name__ == "__main__":  # a signal while the libraries below load is command()'s one line too, not a traceback
+    for _sig in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(_sig) is not signal.SIG_IGN:  # a background job's ignored SIGINT stays ignored
+            signal.signal(_sig, _while_loading)
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
