@@ -118,6 +118,7 @@ def test_a_stacked_sweep_keeps_every_job_its_own(tiny_mnist, tmp_path):
     log = first.stdout + first.stderr
     assert "stack=4: 4 jobs in 1 stack, #0, #1 [trainer.gradient_clip_val=null]; 2 alone (#2, #3)" in log
     assert "\t#2 : alone: trainer.gradient_clip_val=0.5: a stack does not clip gradients" in log
+    assert "1_mlp_seed:1+trainer.gradient_clip_val:null: epoch 1/2: train loss" in first.stdout  # whose line it is
     folders = sorted(runs.find_runs(sweep), key=lambda p: int(p.name.split("_")[0]))
     assert [p.name for p in folders] == ["0_mlp_seed:0+trainer.gradient_clip_val:null",
                                          "1_mlp_seed:1+trainer.gradient_clip_val:null",

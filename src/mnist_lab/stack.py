@@ -484,7 +484,8 @@ def train_stack(cfgs: Sequence[DictConfig], callbacks: Sequence = ()) -> list[di
     threads = [threading.Thread(target=conductor.member, name=f"stack member {i}", daemon=True,
                                 args=(i, run_member, member_config(cfgs[i]), [*callbacks, members[i]], results))
                for i in todo]
-    with console_shown(), forwarded_signals(conductor, members):
+    labels = {f"stack member {i}": Path(str(cfgs[i].output_dir)).name for i in todo}
+    with console_shown(), console_labelled(labels), forwarded_signals(conductor, members):
         for thread in threads:
             thread.start()
         stacks: dict[int, Stack] = {}  # member -> its stack
@@ -544,6 +545,35 @@ def console_shown() -> Iterator[None]:
     finally:
         if added is not None:
             log.removeHandler(added)
+
+
+class Labelled(logging.Formatter):
+    """A console handler's formatter, each line of a stack's member led by its run folder's name (its epoch lines
+    look alike otherwise); the members' train.log files are left as a separate run's."""
+
+    def __init__(self, inner: logging.Formatter | None, labels: dict[str, str]):
+        super().__init__()
+        self.inner, self.labels = inner or logging.Formatter("%(message)s"), labels
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = self.inner.format(record)
+        label = self.labels.get(record.threadName)
+        return f"{label}: {text}" if label else text
+
+
+@contextlib.contextmanager
+def console_labelled(labels: dict[str, str]) -> Iterator[None]:
+    """While a stack trains, its members' console lines name their run (labels: thread name -> label)."""
+    consoles = [h for logger in (logging.getLogger(), log) for h in logger.handlers
+                if type(h) in (logging.StreamHandler, console.Console)]  # not train.log's (a FileHandler)
+    before = {h: h.formatter for h in consoles}
+    for handler in consoles:
+        handler.setFormatter(Labelled(handler.formatter, labels))
+    try:
+        yield
+    finally:
+        for handler, formatter in before.items():
+            handler.setFormatter(formatter)
 
 
 @contextlib.contextmanager
