@@ -8,9 +8,11 @@
 Both variants are `python -m mnist_lab.train -m seed=0,...` (and optimizer.lr=... with --lrs) with the same
 overrides, in fresh sweep folders: "separate" with stack=1 (each job its own run, one after another),
 "stacked" with stack=<jobs> (one stack). They alternate, --repeats times each, which goes first alternating
-too. Timed, start-up included: to the last test line, and to the command's end. Reported: the medians, the
+too. Timed, start-up included: to the last test line, and to the command's end; and each job's training epochs
+after its first, as its run logged them (train/epoch_s). Reported: the medians, the
 ratio stacked / separate (targets: 10 MLPs for 5 epochs on a GPU stacked <= 8 s; a 16-MLP lr x seed grid
-<= 12 s; on the CPU with 1 thread, 4 seeds for 1 epoch, <= 1.05x), each job's test accuracy in both (their
+<= 12 s; on the CPU with 1 thread, 4 seeds for 1 epoch, <= 1.05x), the stack's epoch against one job's (8 MLPs:
+<= 1.6x) and against the sum of its jobs' (8 convnets: <= 0.5x), each job's test accuracy in both (their
 means within 0.002) and the machine; one JSON line at the end (--json appends it to a file).
 """
 
@@ -46,7 +48,19 @@ def sweep(args, stack: int, folder: Path) -> dict:
     wall = (proc.wait(), time.perf_counter() - t0)[1]
     if proc.returncode or len(acc) != args.seeds * max(1, len(args.lrs)):
         sys.exit(f"the sweep (stack={stack}) failed:\n" + "".join(output)[-3000:])
-    return {"to_last_test_s": last_test, "wall_s": wall, "acc": acc}
+    return {"to_last_test_s": last_test, "wall_s": wall, "acc": acc, "epoch_s": epoch_seconds(folder)}
+
+
+def epoch_seconds(folder: Path) -> float:
+    """The median of the sweep's jobs' training epochs after their first (graph capture, compilation and warm-up
+    excluded), each as its run logged it (train/epoch_s, read back from its events). A stacked job's epoch is
+    its stack's: all members' steps."""
+    from mnist_lab.loggers import read_scalars
+    from mnist_lab.runs import find_runs
+
+    seconds = [s for run in find_runs(folder)
+               for s in read_scalars(run, ("train/epoch_s",)).get("train/epoch_s", [])[1:]]
+    return statistics.median(seconds) if seconds else float("nan")
 
 
 def hardware(device: str) -> str:
@@ -78,7 +92,8 @@ def main() -> None:
             for variant in order:
                 stack = 1 if variant == "separate" else jobs
                 times[variant].append(sweep(args, stack, Path(tmp) / f"{variant}{r}"))
-    med = {v: {k: statistics.median(t[k] for t in ts) for k in ("to_last_test_s", "wall_s")} for v, ts in times.items()}
+    med = {v: {k: statistics.median(t[k] for t in ts) for k in ("to_last_test_s", "wall_s", "epoch_s")}
+           for v, ts in times.items()}
     acc = {v: ts[-1]["acc"] for v, ts in times.items()}
     diffs = [abs(acc["stacked"][k] - acc["separate"][k]) for k in acc["separate"]]
     mean = {v: statistics.mean(a.values()) for v, a in acc.items()}
@@ -87,13 +102,17 @@ def main() -> None:
            "repeats": args.repeats, "load": round(os.getloadavg()[0], 2),
            **{f"{v}_{k}": round(s, 2) for v, m in med.items() for k, s in m.items()},
            "ratio_to_last_test": round(med["stacked"]["to_last_test_s"] / med["separate"]["to_last_test_s"], 3),
+           "epoch_vs_one": round(med["stacked"]["epoch_s"] / med["separate"]["epoch_s"], 3),  # target (8 MLPs) <= 1.6
+           "epoch_vs_sum": round(med["stacked"]["epoch_s"] / (jobs * med["separate"]["epoch_s"]), 3),  # convnets <= 0.5
            "mean_acc_separate": round(mean["separate"], 4), "mean_acc_stacked": round(mean["stacked"], 4),
            "max_acc_diff": round(max(diffs), 4)}
     print(f"sweep of {jobs} {args.model} jobs ({args.epochs} epoch{'s' * (args.epochs > 1)}, {row['hardware']}"
           f"{f', {args.threads} thread' if args.threads else ''}), medians of {args.repeats}, to the last test line: "
           f"separate {row['separate_to_last_test_s']:.1f} s, stacked {row['stacked_to_last_test_s']:.1f} s "
           f"({row['ratio_to_last_test']:.2f}x); test acc mean {row['mean_acc_separate']:.4f} vs "
-          f"{row['mean_acc_stacked']:.4f}, largest difference of a job {row['max_acc_diff']:.4f}")
+          f"{row['mean_acc_stacked']:.4f}, largest difference of a job {row['max_acc_diff']:.4f}; an epoch (after the "
+          f"first): one job {row['separate_epoch_s']:.3f} s, the stack of {jobs} {row['stacked_epoch_s']:.3f} s "
+          f"({row['epoch_vs_one']:.2f}x one, {row['epoch_vs_sum']:.2f}x the sum of {jobs})")
     print(json.dumps(row))
     if args.json:
         with args.json.open("a") as f:
