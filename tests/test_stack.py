@@ -22,6 +22,7 @@ from mnist_lab.errors import ConfigError, Interrupted, TrainingError
 from mnist_lab.export import export
 from mnist_lab.models import build_model
 from mnist_lab.optim import OPTIMIZERS, build_optimizer
+from mnist_lab.predict import predict
 from mnist_lab.stack import (
     STACKABLE,
     Stack,
@@ -327,7 +328,9 @@ def test_each_member_is_a_run_of_its_own(tiny_mnist, tmp_path, make_cfg, capsys)
     assert scalars(run) == scalars(alone)  # TensorBoard: the same tags, at the same steps
     seen = read_run(run)  # compare reads it as any run
     assert len(seen.val_acc) == len(seen.train_acc) == 2 and seen.test_acc == pytest.approx(results[1]["test/acc"])
-    assert export(run / "checkpoints" / "best.ckpt", formats=("weights",))  # load_net, as export and predict load
+    onnx = export(run / "checkpoints" / "best.ckpt", formats=("onnx",))["onnx"]  # checked against eager
+    predicted = predict(str(onnx), out=str(tmp_path / "predicted"))  # the run's own test set, without torch
+    assert predicted["n"] == 200 and predicted["accuracy"] == pytest.approx(results[1]["test/acc"], abs=1e-6)
     log = (run / "train.log").read_text()  # its own lines, not the other member's
     assert log.count("epoch 2/2") == 1 and log.count("test: ") == 1 and f"({run})" in log
 
