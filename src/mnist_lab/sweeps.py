@@ -122,7 +122,8 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
         jobs.append([(num + i, list(overrides)) for i, overrides in enumerate(batch)])
         num += len(batch)
     # composing every job's config here also finds composition errors before any job runs, as Hydra's does
-    folders = {n: job_folder(sweeper, n, overrides) for batch in jobs for n, overrides in batch}
+    composed = {n: job_config(sweeper, n, overrides) for batch in jobs for n, overrides in batch}
+    folders = {n: job_folder(cfg) for n, cfg in composed.items()}
     resuming = saved is not None or any(f.is_dir() for f in folders.values())
     if resuming:
         check_folders(sweep_dir, folders, jobs)
@@ -154,7 +155,7 @@ def sweep(sweeper: Any, arguments: list[str]) -> list[JobReturn]:
                 returns[n] = kept_return(folders[n], overrides)
         todo = [(n, o) for n, o in batch if states[n] != FINISHED]
         asked = sweeper.config.get("stack", 1) > 1 or any(override_key(o) == "stack" for _, job in todo for o in job)
-        stacks = stacking.plan({n: job_config(sweeper, n, o) for n, o in todo}, todo, folders) if asked else None
+        stacks = stacking.plan({n: composed[n] for n, _ in todo}, todo, folders) if asked else None
         launches = stacking.launch(sweeper.launcher, stacks, launch, sweeper.train_stack) if stacks else \
             ((group, launch(sweeper.launcher, group)) for group in groups(sweeper.launcher, todo))
         for group, returned in launches:
@@ -214,11 +215,9 @@ def job_config(sweeper: Any, num: int, overrides: list[str]) -> Any:
     return cfg
 
 
-def job_folder(sweeper: Any, num: int, overrides: list[str]) -> Path:
-    """The run folder that job `num` gets: hydra.sweep.dir/hydra.sweep.subdir, resolved as run_job does."""
-    cfg = sweeper.hydra_context.config_loader.load_sweep_config(sweeper.config, overrides)
-    with open_dict(cfg):
-        cfg.hydra.job.num = cfg.hydra.job.id = num
+def job_folder(cfg: Any) -> Path:
+    """The run folder that a job gets (its job_config): hydra.sweep.dir/hydra.sweep.subdir, resolved as run_job
+    does."""
     previous = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
     try:
