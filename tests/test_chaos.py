@@ -29,7 +29,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_lab import runs, study
 from mnist_lab.figures import missing
-from tests.conftest import make_mnist, tiny_overrides
+from tests.conftest import ctrl_c_default, make_mnist, tiny_overrides
 
 HOOK = '''
 """Test-only (tests/test_chaos.py): MNIST_LAB_CHAOS=<phase>,<signal>,<skip>,<mark file> makes this process send
@@ -261,7 +261,14 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def repeated_commands(tmp_path):
-    """commands(cmd) -> Commands running `cmd` in tmp_path with HOOK; what they leave running is killed at the end."""
+    """commands(cmd) -> Commands running `cmd` in tmp_path with HOOK; what they leave running is killed at the end.
+    The commands take SIGINT as a foreground command does (ctrl_c_default), even where pytest runs as a background
+    job with SIGINT ignored, which they would keep ignoring."""
+    with ctrl_c_default():
+        yield from _repeated_commands(tmp_path)
+
+
+def _repeated_commands(tmp_path):
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(HOOK)
