@@ -157,6 +157,37 @@ def test_a_signal_ignored_at_start_stays_ignored(tmp_path):
         signal.signal(signal.SIGINT, previous)
 
 
+def test_a_signal_that_finds_the_process_exiting_lets_the_exit_go_on():
+    # submitit requeues a preempted Slurm job and exits (SystemExit); Slurm's SIGTERM follows at once, while the
+    # exit unwinds through the run: a Stopped there would become the job's result, which the launcher then reads
+    with pytest.raises(SystemExit) as exiting, runs_errors.stopping(lambda: "during training"):
+        try:
+            sys.exit(-1)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)  # the handler runs here
+    assert exiting.value.code == -1
+    with pytest.raises(runs_errors.Stopped), runs_errors.stopping(lambda: "during training"):
+        os.kill(os.getpid(), signal.SIGTERM)  # not exiting: the one line's Stopped
+        time.sleep(0.05)
+
+
+def test_a_signal_waits_for_writes_that_go_together():
+    # a study's trial told complete and its trial.yaml: a SIGTERM between the two would leave one without the other
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append("handled"))
+    try:
+        with runs_errors.deferred_signals():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+            seen.append("both written")
+        time.sleep(0.05)
+        assert seen == ["both written", "handled"]  # the signal came after, to the handler it would have found
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 SIGNAL_AT = """
 import os, runpy, signal, sys, time
 from importlib import import_module
