@@ -200,6 +200,7 @@ def test_pruned_trials_ran_fewer_epochs(stopped_and_continued):
         run = Path(t.user_attrs["run"])
         record = yaml.safe_load(RunDir(run).trial.read_text())
         assert record["state"] == t.state.name
+        assert RunDir(run).result.is_file() == (t.state == TrialState.COMPLETE)  # told complete once recorded
         assert epochs_logged(run) == (1 if t.state == TrialState.PRUNED else 2), run.name
 
 

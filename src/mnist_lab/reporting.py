@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Checkpoint, TQDMProgressBar
 from mnist_lab import figures, study
 from mnist_lab.console import log
 from mnist_lab.data import MEAN, STD
-from mnist_lab.errors import ObjectiveError
+from mnist_lab.errors import ObjectiveError, deferred_signals
 from mnist_lab.runs import RunDir, disk_full
 
 
@@ -202,14 +202,17 @@ class OptunaTrial(L.Callback):
     epochs and asks the pruner. A pruned trial stops at the end of that epoch (never after the last one: that
     would save nothing), is told pruned, writes trial.yaml saying so and history.png, and ends with
     optuna.TrialPruned, untested.
-    A trial that trains to the end is told complete after its test, with the metric's best value over its
-    epochs and the test metrics. Only rank 0 talks to the study; the ranks agree on pruning.
+    A trial that trains to the end is told complete with the metric's best value over its epochs and the test
+    metrics once its run is recorded (finish(), after result.yaml): a study never counts a trial finished whose
+    run folder is not. Telling and trial.yaml go together: a signal waits for both (errors.deferred_signals).
+    Only rank 0 talks to the study; the ranks agree on pruning.
     """
 
     def __init__(self, link, run_dir: Path, chosen: Mapping | None = None):
         self.link, self.run_dir, self.chosen = link, Path(run_dir), dict(chosen or {})
         self.values: dict[int, float] = {}
         self.pruned_at: int | None = None
+        self.tested = False  # its test ran: told complete by finish()
         self.study = self.trial = None
 
     def on_fit_start(self, trainer, module) -> None:
@@ -249,9 +252,9 @@ class OptunaTrial(L.Callback):
         import optuna
 
         if trainer.is_global_zero:
-            frozen = self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
-            study.write_record(self.run_dir, frozen, self.link.metric)
-    
+            with deferred_signals():
+                frozen = self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
+                study.write_record(self.run_dir, frozen, self.link.metric)
             for logger in trainer.loggers:
                 logger.save()  # what fit logged, for history.png
             figures.draw_history(self.run_dir, self.chosen)
@@ -262,10 +265,16 @@ class OptunaTrial(L.Callback):
     def on_test_end(self, trainer, module) -> None:
         if not trainer.is_global_zero or not self.values:
             return
-
-        best = (max if self.link.direction == "maximize" else min)(self.values.values())
         for k, v in trainer.callback_metrics.items():
             if k.startswith("test/"):
                 self.trial.set_user_attr(k, float(v))
-        frozen = self.study.tell(self.trial, best)
-        study.write_record(self.run_dir, frozen, self.link.metric)
+        self.tested = True
+
+    def finish(self) -> None:
+        """Tell the study the trial is complete (train() calls it once result.yaml is written), and write trial.yaml."""
+        if not self.tested:
+            return
+        best = (max if self.link.direction == "maximize" else min)(self.values.values())
+        with deferred_signals():
+            frozen = self.study.tell(self.trial, best)
+            study.write_record(self.run_dir, frozen, self.link.metric)

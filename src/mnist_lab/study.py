@@ -394,9 +394,13 @@ class StudySweep:
         return study
 
     def fail_left_running(self, study: optuna.Study) -> None:
-        """Trials that a stopped sweep left running: recorded as failed, never run again."""
+        """Trials that a stopped sweep left running: recorded as failed, never run again. A trial that ended
+        but whose trial.yaml its killed job did not write gets it."""
         from optuna.trial import TrialState
 
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if "run" in frozen.user_attrs and not RunDir(frozen.user_attrs["run"]).trial.is_file():
+                write_record(Path(frozen.user_attrs["run"]), frozen, self.metric)
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             trial = self.trial(study, frozen.number)
             trial.set_user_attr("error", "the sweep stopped while this trial ran")
@@ -466,6 +470,8 @@ class StudySweep:
             frozen = study.tell(trial, state=TrialState.FAIL)
             if run_dir is not None:
                 write_record(run_dir, frozen, self.metric)
+        elif "run" in frozen.user_attrs and not RunDir(frozen.user_attrs["run"]).trial.is_file():
+            write_record(Path(frozen.user_attrs["run"]), frozen, self.metric)  # its job told, then was killed
         params = " ".join(as_override(k, v) for k, v in frozen.params.items())
         if frozen.state == TrialState.COMPLETE:
             log.info(f"trial {frozen.number} finished: {self.metric}={frozen.value:.4f} ({params})")

@@ -117,7 +117,7 @@ def _train(cfg: DictConfig, callbacks: Sequence, at: dict) -> dict[str, float]:
     from mnist_lab import provenance
     from mnist_lab.assemble import build_run, describe_device
     from mnist_lab.models import build_model, summary
-    from mnist_lab.reporting import FitRecord, RunFigures
+    from mnist_lab.reporting import FitRecord, OptunaTrial, RunFigures
 
     run = RunDir(cfg.output_dir)
     at["run"] = run.path
@@ -157,6 +157,8 @@ def _train(cfg: DictConfig, callbacks: Sequence, at: dict) -> dict[str, float]:
         export(checkpoint.best_model_path or checkpoint.last_model_path, data_dir=cfg.data.data_dir)
     if trainer.is_global_zero:
         write_result(run, {**fitted, **metrics}, finished=provenance.now())
+        for trial in (c for c in trainer.callbacks if isinstance(c, OptunaTrial)):
+            trial.finish()  # a trial of a study: told complete once its run is recorded
     return metrics
 
 
