@@ -94,7 +94,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tiny_mnist, tmp_path):
     sweep = tmp_path / "sweep"
     overrides = [o for o in tiny_overrides(tiny_mnist, tmp_path) if not o.startswith("output_dir=")]
     cmd = [sys.executable, "-m", "mnist_lab.train", "-m", "hydra/launcher=slurm", "trainer=cpu", "model=mlp", "seed=0",
-           "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}", *overrides, "trainer.max_epochs=600"]
+           "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}", *overrides, "trainer.max_epochs=200"]
     launcher = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, "PYTHONWARNINGS": "ignore"})
     try:
@@ -126,7 +126,7 @@ def test_preempted_job_is_requeued_and_resumes(slurm, tiny_mnist, tmp_path):
     assert "this job is preempted" in log and "Requeued job" in log
     assert f"requeued job: resuming from {run / 'checkpoints' / 'last.ckpt'}" in log
     last = torch.load(run / "checkpoints" / "last.ckpt")
-    assert last["global_step"] == 600 * 16  # all 600 epochs of 16 steps (500 images, batch 32), across two starts
+    assert last["global_step"] == 200 * 16  # all 200 epochs of 16 steps (500 images, batch 32), across two starts
 
 
 def test_study_runs_two_trials_at_a_time_on_slurm(slurm, tiny_mnist, tmp_path):
