@@ -90,60 +90,58 @@ class Stopped(BaseException):
 
 
 @contextlib.contextmanager
+def signals_to(handler: Callable[[int, object], None]) -> Iterator[dict[int, object]]:
+    """SIGINT and SIGTERM go to `handler` while the block runs; the handlers before are restored after it. A signal
+    the process was started with ignored (a background job's SIGINT), or whose handler was set outside Python, is
+    left as it is. Yields the handlers replaced ({signal: handler}; emptying it early hands them back for good).
+    Only the main thread can catch signals: elsewhere this does nothing."""
+    previous: dict[int, object] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous.update({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
+                         if signal.getsignal(sig) not in (signal.SIG_IGN, None)})
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield previous
+    finally:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+
+@contextlib.contextmanager
 def stopping(where: Callable[[], str] | None = None) -> Iterator[Callable[[], None]]:
     """SIGINT and SIGTERM raise Stopped while the block runs (the training loop has its own handler,
-    guards.GracefulInterrupt); `where()` names the phase. A signal the process was started with ignored (a
-    background job's SIGINT) stays ignored. Nested blocks hand back to the outer one; the handlers before the
-    outermost are restored after it. A signal that finds the process exiting (SystemExit on its way) lets the exit
-    go on. It yields `release`, which hands the signals back before the block ends (a
-    DDP run, whose ranks must agree where to stop: Lightning's handling). Only the main thread can catch
-    signals: elsewhere this does nothing."""
-    previous: dict[int, object] = {}
-
-    def release() -> None:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        previous.clear()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield release
-        return
+    guards.GracefulInterrupt); `where()` names the phase. Nested blocks hand back to the outer one; the handlers
+    before the outermost are restored after it (signals_to). A signal that finds the process exiting (SystemExit on
+    its way) lets the exit go on. It yields `release`, which hands the signals back before the block ends (a DDP
+    run, whose ranks must agree where to stop: Lightning's handling)."""
 
     def stop(signum: int, frame: object) -> None:
         if isinstance(sys.exc_info()[1], SystemExit):  # already exiting: e.g. submitit's exit after it requeued a
             return  # preempted Slurm job, which Slurm's SIGTERM follows; a Stopped would replace it with a result
         raise Stopped(signum, where() if where is not None else "")
 
-    previous.update({sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
-                     if signal.getsignal(sig) not in (signal.SIG_IGN, None)})  # None: set outside Python, left alone
-    for sig in previous:
-        signal.signal(sig, stop)
-    try:
-        yield release
-    finally:
-        release()
+    with signals_to(stop) as previous:
+        def release() -> None:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            previous.clear()
 
+        yield release
 
 
 @contextlib.contextmanager
 def deferred_signals() -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block ends, then reach the handler they would have found: for writes that
-    go together (a trial told complete and its trial.yaml). Only the main thread can catch signals."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    go together (a trial told complete and its trial.yaml)."""
     got: list[int] = []
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)
-                if signal.getsignal(sig) not in (signal.SIG_IGN, None)}
-    for sig in previous:
-        signal.signal(sig, lambda signum, frame: got.append(signum))
     try:
-        yield
+        with signals_to(lambda signum, frame: got.append(signum)):
+            yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         if got:
             signal.raise_signal(got[0])
+
 
 @contextlib.contextmanager
 def said_alone() -> Iterator[None]:

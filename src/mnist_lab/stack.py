@@ -46,7 +46,7 @@ from mnist_lab import console, runs
 from mnist_lab.config import among, flatten
 from mnist_lab.console import log
 from mnist_lab.data import TensorBatches, float_split, split
-from mnist_lab.errors import ConfigError, Interrupted, MnistLabError, TrainingError
+from mnist_lab.errors import ConfigError, Interrupted, MnistLabError, TrainingError, signals_to
 from mnist_lab.fastpath import capture_graph, count_steps
 from mnist_lab.guards import GracefulInterrupt
 from mnist_lab.idx import train_size
@@ -581,7 +581,6 @@ def forwarded_signals(conductor: Conductor, members: dict[int, Member]) -> Itera
     """Ctrl-C or SIGTERM while a stack trains: every member's guards.GracefulInterrupt hears it (the members'
     threads cannot take signals), so each finishes the epoch in progress, keeps its checkpoints/last.ckpt
     and stops with its one line; running the jobs again resumes them. A second Ctrl-C stops at once."""
-    previous = {}
 
     def handle(signum, frame) -> None:
         if conductor.signal is not None and signum == signal.SIGINT:
@@ -591,15 +590,8 @@ def forwarded_signals(conductor: Conductor, members: dict[int, Member]) -> Itera
         for member in members.values():
             member.heard(signum)
 
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                previous[sig] = signal.signal(sig, handle)
-    try:
+    with signals_to(handle):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 class Conductor:
