@@ -212,7 +212,6 @@ class OptunaTrial(L.Callback):
         self.link, self.run_dir, self.chosen = link, Path(run_dir), dict(chosen or {})
         self.values: dict[int, float] = {}
         self.pruned_at: int | None = None
-        self.tested = False  # its test ran: told complete by finish()
         self.study = self.trial = None
 
     def on_fit_start(self, trainer, module) -> None:
@@ -252,9 +251,7 @@ class OptunaTrial(L.Callback):
         import optuna
 
         if trainer.is_global_zero:
-            with deferred_signals():
-                frozen = self.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
-                study.write_record(self.run_dir, frozen, self.link.metric)
+            self.tell(state=optuna.trial.TrialState.PRUNED)
             for logger in trainer.loggers:
                 logger.save()  # what fit logged, for history.png
             figures.draw_history(self.run_dir, self.chosen)
@@ -268,13 +265,14 @@ class OptunaTrial(L.Callback):
         for k, v in trainer.callback_metrics.items():
             if k.startswith("test/"):
                 self.trial.set_user_attr(k, float(v))
-        self.tested = True
 
     def finish(self) -> None:
-        """Tell the study the trial is complete (train() calls it once result.yaml is written), and write trial.yaml."""
-        if not self.tested:
-            return
-        best = (max if self.link.direction == "maximize" else min)(self.values.values())
+        """Tell the study the trial is complete (train() calls it after the test, once result.yaml is written)."""
+        if self.values:  # rank 0's
+            self.tell((max if self.link.direction == "maximize" else min)(self.values.values()))
+
+    def tell(self, value: float | None = None, state=None) -> None:
+        """Tell the study how the trial ended, and write its trial.yaml: together (a signal waits for both)."""
         with deferred_signals():
-            frozen = self.study.tell(self.trial, best)
+            frozen = self.study.tell(self.trial, value, state=state)
             study.write_record(self.run_dir, frozen, self.link.metric)

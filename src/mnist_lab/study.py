@@ -267,6 +267,13 @@ def write_record(run_dir: Path, trial: optuna.trial.FrozenTrial, metric: str) ->
         write_text(RunDir(run_dir).trial, yaml.safe_dump(record, sort_keys=False))
 
 
+
+def mend_record(trial: optuna.trial.FrozenTrial, metric: str) -> None:
+    """trial.yaml for an ended trial whose job told the study, then was killed before writing it."""
+    if "run" in trial.user_attrs and not RunDir(trial.user_attrs["run"]).trial.is_file():
+        write_record(Path(trial.user_attrs["run"]), trial, metric)
+
+
 # The sweeper's side ------------------------------------------------------------------------------
 
 class StudySweep:
@@ -399,8 +406,7 @@ class StudySweep:
         from optuna.trial import TrialState
 
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-            if "run" in frozen.user_attrs and not RunDir(frozen.user_attrs["run"]).trial.is_file():
-                write_record(Path(frozen.user_attrs["run"]), frozen, self.metric)
+            mend_record(frozen, self.metric)
         for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             trial = self.trial(study, frozen.number)
             trial.set_user_attr("error", "the sweep stopped while this trial ran")
@@ -470,8 +476,8 @@ class StudySweep:
             frozen = study.tell(trial, state=TrialState.FAIL)
             if run_dir is not None:
                 write_record(run_dir, frozen, self.metric)
-        elif "run" in frozen.user_attrs and not RunDir(frozen.user_attrs["run"]).trial.is_file():
-            write_record(Path(frozen.user_attrs["run"]), frozen, self.metric)  # its job told, then was killed
+        else:
+            mend_record(frozen, self.metric)
         params = " ".join(as_override(k, v) for k, v in frozen.params.items())
         if frozen.state == TrialState.COMPLETE:
             log.info(f"trial {frozen.number} finished: {self.metric}={frozen.value:.4f} ({params})")
